@@ -1,0 +1,424 @@
+#!/usr/bin/python
+"""Ansible module gpu_facts: GPUs, VRAM, PCIe, RAM and CPU of a host, and its model tier."""
+
+# Imports come first (not after the documentation blocks, as in community.general),
+# so that ruff needs no E402 exceptions; ansible-doc reads the blocks by AST and
+# does not care where they are.
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import signal
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.llmfleet_gpu import (
+    DEFAULT_TIERS,
+    build_hardware_facts,
+    count_numa_nodes,
+    cpu_core_count,
+    decide_tier,
+    parse_nvidia_smi_xml,
+    read_meminfo_total_mib,
+    read_nvidia_module,
+    scan_pci,
+    tier_thresholds_mib,
+    validate_tiers,
+)
+
+DOCUMENTATION = r"""
+---
+module: gpu_facts
+short_description: Gather NVIDIA GPU, VRAM, PCIe, RAM and CPU facts and decide the model tier
+description:
+  - Runs C(nvidia-smi -q -x) once (under C(LC_ALL=C), with a time limit) and reads the GPUs,
+    their memory, MIG instances and PCIe links from the XML document.
+  - When nvidia-smi is missing, exits non-zero, times out or prints something that is not a
+    C(nvidia_smi_log) document (a fresh host has no driver yet), lists NVIDIA GPUs from PCI sysfs
+    instead (vendor C(0x10de), class C(0x0300xx) or C(0x0302xx)); the tier is then undecided
+    (null) until a driver answers.
+  - NVSwitch bridges (class C(0x0680xx)) are never GPUs; they are counted in C(nvswitch_count).
+  - Host RAM comes from C(/proc/meminfo), CPU count from the process's CPU affinity, NUMA nodes
+    from sysfs.
+  - The tier is the highest entry of O(tiers) whose VRAM class the host's usable VRAM reaches at
+    90%; usable VRAM is the sum over the GPUs, a GPU in MIG mode counting with its largest MIG
+    instance. C(cpu) when the host has no GPU.
+  - Values that cannot be read are null, never guessed.
+  - Never changes anything on the host.
+version_added: "0.1.0"
+author:
+  - llmfleet maintainers
+options:
+  nvidia_smi:
+    description:
+      - Program to run, as a command line (split like a shell would, so a test double with
+        arguments works). C(-q -x) is appended.
+      - A bare name is looked up in C(PATH) and the usual sbin directories.
+    type: str
+    default: nvidia-smi
+  sysfs_root:
+    description:
+      - Root of sysfs. PCI devices are read from C(<sysfs_root>/bus/pci/devices), NUMA nodes from
+        C(<sysfs_root>/devices/system/node), the kernel module from C(<sysfs_root>/module/nvidia).
+    type: path
+    default: /sys
+  proc_root:
+    description:
+      - Root of procfs; host memory is read from C(<proc_root>/meminfo).
+    type: path
+    default: /proc
+  tiers:
+    description:
+      - The tier table, in any order. Each entry has a C(name) and a C(vram_gib) (the VRAM class
+        in GiB); other keys (a model name, say) are allowed and ignored.
+      - Names must be unique, non-empty and not C(cpu) (the fallback tier); C(vram_gib) must be a
+        positive number, unique across entries.
+    type: list
+    elements: dict
+    default:
+      - {name: base, vram_gib: 4}
+      - {name: standard, vram_gib: 8}
+      - {name: pro, vram_gib: 16}
+      - {name: enterprise, vram_gib: 32}
+  timeout:
+    description:
+      - Seconds nvidia-smi may run. When it runs longer it is killed (with anything it started)
+        and the facts come from sysfs; a hung nvidia-smi never hangs the play.
+    type: int
+    default: 30
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+  facts:
+    support: full
+notes:
+  - The module reads only; it reports C(changed=false) and runs the same in check mode.
+  - C(pci_bus_id) is given in the Linux sysfs form C(0000:84:00.0) whichever source it came from
+    (nvidia-smi writes C(00000000:84:00.0)).
+  - Drivers older than R450 write no C(mig_mode); MIG needs R450, so such a GPU has
+    C(mig_enabled=false). A GPU that reports C(N/A) for MIG cannot partition, so also C(false).
+requirements:
+  - Linux target (sysfs, procfs). nvidia-smi is optional.
+"""
+
+EXAMPLES = r"""
+- name: Gather GPU facts and the model tier
+  gpu_facts:
+
+- name: Use a test double that replays a capture
+  gpu_facts:
+    nvidia_smi: /usr/local/bin/fake-nvidia-smi --capture /srv/captures/a100-mig.xml
+    timeout: 10
+
+- name: Site-specific tier table
+  gpu_facts:
+    tiers:
+      - {name: small, vram_gib: 6}
+      - {name: large, vram_gib: 24}
+
+- name: Show what was found
+  ansible.builtin.debug:
+    msg: >-
+      {{ ansible_facts.llmfleet_hardware.gpu_count }} GPU(s),
+      {{ ansible_facts.llmfleet_hardware.usable_vram_mib }} MiB usable,
+      tier {{ ansible_facts.llmfleet_tier }}
+"""
+
+RETURN = r"""
+nvidia_smi_error:
+  description: Why nvidia-smi gave no facts (missing, exit status, timeout, unparsable output);
+    null when it answered.
+  returned: always
+  type: str
+  sample: "/usr/bin/nvidia-smi exited with status 9: NVIDIA-SMI has failed because it couldn't
+    communicate with the NVIDIA driver. ..."
+tier_thresholds_mib:
+  description: Usable VRAM (MiB) each tier needs (90 % of its class); C(cpu) needs 0. The preflight
+    role checks a pinned tier against it, so the rule lives in one place.
+  returned: always
+  type: dict
+  sample: {"base": 3687, "standard": 7373, "pro": 14746, "enterprise": 29492, "cpu": 0}
+ansible_facts:
+  description: Facts added to the host.
+  returned: always
+  type: complex
+  contains:
+    llmfleet_tier:
+      description: C(base), C(standard), C(pro), C(enterprise) (or the names in O(tiers)), C(cpu)
+        when the host has no usable GPU, null while undecided (GPUs seen on PCI but no driver
+        answering, or some GPU's memory unknown).
+      returned: always
+      type: str
+      sample: pro
+    llmfleet_hardware:
+      description: What the host has.
+      returned: always
+      type: dict
+      contains:
+        source:
+          description: C(nvidia-smi), C(pci) (sysfs fallback found GPUs) or C(none).
+          type: str
+          sample: nvidia-smi
+        driver_loaded:
+          description: True when nvidia-smi answered; otherwise whether the C(nvidia) kernel
+            module is loaded.
+          type: bool
+        driver_version:
+          description: Driver version from nvidia-smi, or from the loaded kernel module.
+          type: str
+          sample: "535.86.05"
+        cuda_version:
+          description: CUDA version the driver supports; null when absent or "Not Found".
+          type: str
+          sample: "12.2"
+        attached_gpus:
+          description: What the document's C(attached_gpus) claims; may differ from
+            C(gpu_count). Null outside the nvidia-smi source.
+          type: int
+        gpu_count:
+          description: Number of GPUs listed (C(<gpu>) elements, or sysfs devices).
+          type: int
+          sample: 1
+        gpus:
+          description: One entry per GPU in document (or bus) order.
+          type: list
+          elements: dict
+          contains:
+            index:
+              description: Position from 0 in document (or bus) order.
+              type: int
+            name:
+              description: Product name; null from sysfs.
+              type: str
+              sample: NVIDIA A100-SXM4-40GB
+            uuid:
+              description: GPU UUID; null from sysfs.
+              type: str
+            pci_bus_id:
+              description: Bus id in the sysfs form.
+              type: str
+              sample: "0000:84:00.0"
+            pci_device_id:
+              description: PCI device id.
+              type: str
+              sample: "0x2684"
+            memory_total_mib:
+              description: Memory of the whole GPU (never a MIG slice); null from sysfs.
+              type: int
+              sample: 40960
+            mig_enabled:
+              description: MIG mode is on; null when unreadable (and from sysfs).
+              type: bool
+            mig_instances_mib:
+              description: Memory of each MIG GPU instance (compute instances sharing one GPU
+                instance are listed once).
+              type: list
+              elements: int
+              sample: [19968, 19968, 9728]
+            usable_vram_mib:
+              description: What one model can use on this GPU, the whole memory or with MIG on the
+                largest instance (0 with none); null when unknown.
+              type: int
+            pcie_gen_max:
+              description: Max PCIe generation of the link; from DTD v12 on, the lower of the
+                device's and the host's.
+              type: int
+            pcie_gen_max_device:
+              description: Max PCIe generation of the GPU (DTD v12+, else null).
+              type: int
+            pcie_gen_max_host:
+              description: Max PCIe generation of the host side (DTD v12+, else null).
+              type: int
+            pcie_gen_current:
+              description: Current PCIe generation (often 1 while idle).
+              type: int
+            pcie_width_max:
+              description: Max link width in lanes.
+              type: int
+            pcie_width_current:
+              description: Current link width in lanes.
+              type: int
+            compute_capability:
+              description: Compute capability such as "8.0" when the document states it
+                (C(-q -x) usually does not); never derived from the product name.
+              type: str
+        usable_vram_mib:
+          description: Sum of the GPUs' usable VRAM; null when some GPU's is unknown.
+          type: int
+          sample: 15360
+        memory_total_mib:
+          description: Host RAM (MemTotal) in MiB.
+          type: int
+        cpu_cores:
+          description: CPUs this process may run on.
+          type: int
+        numa_nodes:
+          description: NUMA nodes; null when sysfs has none.
+          type: int
+        nvswitch_count:
+          description: NVIDIA NVSwitch PCI devices (HGX boards); null when sysfs is unreadable.
+          type: int
+"""
+
+#: Seconds a killed nvidia-smi gets to go away before it is left behind (a process
+#: stuck in the kernel, state D, cannot be reaped and must not block the module).
+KILL_GRACE_S = 5.0
+
+
+class RunResult(NamedTuple):
+    rc: int | None
+    stdout: bytes
+    stderr: bytes
+    error: str | None  # why there is no exit status: timeout, cannot execute
+
+
+def run_program(argv: Sequence[str], timeout: float) -> RunResult:
+    """Run ``argv`` under LC_ALL=C with a hard time limit.
+
+    Not AnsibleModule.run_command: in ansible-core 2.19 it has no time limit, and
+    its read loop only returns once the child has exited. The classic nvidia-smi
+    hang (a GPU fallen off the bus) leaves the process stuck in the kernel where
+    even SIGKILL does not finish it, so a limit bolted onto run_command (a timer
+    that kills the child) would still wait forever. Here the child gets its own
+    session; on timeout the whole group is killed, and if it is still not gone
+    after a short grace it is abandoned.
+    """
+    env = dict(os.environ, LC_ALL="C")
+    try:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            close_fds=True,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        return RunResult(None, b"", b"", f"cannot execute {argv[0]}: {exc.strerror or exc}")
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(OSError):  # the group may be gone already
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):  # unkillable (state D): leave it
+            proc.communicate(timeout=KILL_GRACE_S)
+        return RunResult(None, b"", b"", f"{argv[0]} did not finish within {timeout:g} s")
+    return RunResult(proc.returncode, stdout, stderr, None)
+
+
+def resolve_command(
+    command_line: str, find_bin: Callable[[str], str | None]
+) -> tuple[list[str] | None, str | None]:
+    """Split the command line and resolve a bare program name.
+
+    Returns ``(argv, None)`` or ``(None, why)`` when the program is missing.
+    """
+    argv = shlex.split(command_line)
+    program = argv[0]
+    if os.sep not in program:
+        found = find_bin(program)
+        if not found:
+            return None, f"{program} not found in PATH"
+        argv[0] = found
+    elif not os.path.isfile(program) or not os.access(program, os.X_OK):
+        return None, f"{program} not found or not executable"
+    return [*argv, "-q", "-x"], None
+
+
+def _first_line(data: bytes) -> str:
+    for line in data.decode("utf-8", errors="replace").splitlines():
+        if line.strip():
+            return line.strip()[:300]
+    return ""
+
+
+def query_nvidia_smi(
+    command_line: str,
+    timeout: float,
+    find_bin: Callable[[str], str | None],
+    runner: Callable[[Sequence[str], float], RunResult] = run_program,
+) -> tuple[dict[str, Any] | None, str | None]:
+    """Run nvidia-smi once; return ``(parsed document, None)`` or ``(None, why)``."""
+    argv, missing = resolve_command(command_line, find_bin)
+    if argv is None:
+        return None, missing
+    result = runner(argv, timeout)
+    if result.error is not None:
+        return None, result.error
+    if result.rc != 0:
+        detail = _first_line(result.stdout) or _first_line(result.stderr)
+        return None, f"{argv[0]} exited with status {result.rc}" + (f": {detail}" if detail else "")
+    try:
+        return parse_nvidia_smi_xml(result.stdout), None
+    except ValueError as exc:
+        return None, str(exc)
+
+
+def gather(
+    params: Mapping[str, Any],
+    tiers: Sequence[Mapping[str, Any]],
+    find_bin: Callable[[str], str | None],
+    runner: Callable[[Sequence[str], float], RunResult] = run_program,
+) -> dict[str, Any]:
+    """Everything the module returns apart from ``changed``."""
+    smi, error = query_nvidia_smi(params["nvidia_smi"], params["timeout"], find_bin, runner)
+    sysfs_root = params["sysfs_root"]
+    hardware = build_hardware_facts(
+        smi=smi,
+        pci=scan_pci(sysfs_root),
+        nvidia_module=read_nvidia_module(sysfs_root),
+        memory_total_mib=read_meminfo_total_mib(params["proc_root"]),
+        cpu_cores=cpu_core_count(),
+        numa_nodes=count_numa_nodes(sysfs_root),
+    )
+    tier = decide_tier(hardware["source"], hardware["usable_vram_mib"], tiers)
+    return {
+        "nvidia_smi_error": error,
+        "tier_thresholds_mib": tier_thresholds_mib(tiers),
+        "ansible_facts": {"llmfleet_hardware": hardware, "llmfleet_tier": tier},
+    }
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "nvidia_smi": {"type": "str", "default": "nvidia-smi"},
+            "sysfs_root": {"type": "path", "default": "/sys"},
+            "proc_root": {"type": "path", "default": "/proc"},
+            "tiers": {
+                "type": "list",
+                "elements": "dict",
+                "default": [dict(tier) for tier in DEFAULT_TIERS],
+            },
+            "timeout": {"type": "int", "default": 30},
+        },
+        supports_check_mode=True,
+    )
+    params = module.params
+    try:
+        tiers = validate_tiers(params["tiers"])
+    except ValueError as exc:
+        module.fail_json(msg=f"invalid tiers: {exc}")
+    try:
+        if not shlex.split(params["nvidia_smi"]):
+            module.fail_json(msg="nvidia_smi must name a program")
+    except ValueError as exc:
+        module.fail_json(msg=f"nvidia_smi is not a valid command line: {exc}")
+    if params["timeout"] <= 0:
+        module.fail_json(
+            msg=f"timeout must be a positive number of seconds, got {params['timeout']}"
+        )
+
+    # run_program is looked up here, at call time, so unit tests can replace it.
+    result = gather(params, tiers, module.get_bin_path, run_program)
+    module.exit_json(changed=False, **result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""Shared fixtures for the gpu_facts unit tests.
+
+``plugins/module_utils/llmfleet_gpu.py`` is registered as ``llmfleet_gpu`` and as
+``ansible.module_utils.llmfleet_gpu`` (where Ansible puts a project module_utils
+file), and ``plugins/modules/gpu_facts.py`` as ``gpu_facts``, so tests import
+them by those names whatever the working directory.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import ModuleType
+
+import ansible.module_utils
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MODULE_UTILS_FILE = REPO_ROOT / "plugins" / "module_utils" / "llmfleet_gpu.py"
+MODULE_FILE = REPO_ROOT / "plugins" / "modules" / "gpu_facts.py"
+CAPTURES_DIR = REPO_ROOT / "tests" / "captures"
+
+
+def _load(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _register() -> None:
+    if "gpu_facts" in sys.modules:
+        return
+    utils = _load("llmfleet_gpu", MODULE_UTILS_FILE)
+    sys.modules["ansible.module_utils.llmfleet_gpu"] = utils
+    ansible.module_utils.llmfleet_gpu = utils  # type: ignore[attr-defined]
+    _load("gpu_facts", MODULE_FILE)
+
+
+_register()
+
+
+@pytest.fixture
+def captures_dir() -> Path:
+    """tests/captures: the project's own nvidia-smi documents."""
+    return CAPTURES_DIR
+
+
+@pytest.fixture
+def capture() -> Callable[[str], bytes]:
+    """Bytes of a project capture in tests/captures, by file name."""
+
+    def read(name: str) -> bytes:
+        return (CAPTURES_DIR / name).read_bytes()
+
+    return read
+
+
+MEMINFO = """\
+MemTotal:       65536000 kB
+MemFree:        60000000 kB
+MemAvailable:   62000000 kB
+Buffers:          120000 kB
+"""
+
+#: Devices of the default fake PCI bus: address -> sysfs attribute files.
+PCI_DEVICES: dict[str, dict[str, str]] = {
+    # Intel iGPU: a VGA controller, but not NVIDIA.
+    "0000:00:02.0": {"vendor": "0x8086", "class": "0x030000", "device": "0x4680"},
+    # NVIDIA VGA controller (GeForce), gen 4 x16 idling at gen 1.
+    "0000:01:00.0": {
+        "vendor": "0x10de",
+        "class": "0x030000",
+        "device": "0x2504",
+        "max_link_speed": "16.0 GT/s PCIe",
+        "max_link_width": "16",
+        "current_link_speed": "2.5 GT/s PCIe",
+        "current_link_width": "16",
+    },
+    # Its HDMI audio function: NVIDIA, but not a GPU.
+    "0000:01:00.1": {"vendor": "0x10de", "class": "0x040300", "device": "0x228e"},
+    # NVIDIA 3D controller (datacenter card) in an x8 link at gen 3.
+    "0000:41:00.0": {
+        "vendor": "0x10de",
+        "class": "0x030200",
+        "device": "0x20b0",
+        "max_link_speed": "16.0 GT/s PCIe",
+        "max_link_width": "16",
+        "current_link_speed": "8.0 GT/s PCIe",
+        "current_link_width": "8",
+    },
+    # NVSwitch: a bridge, counted apart, never a GPU.
+    "0000:c3:00.0": {"vendor": "0x10de", "class": "0x068000", "device": "0x1af1"},
+    "0000:c4:00.0": {"vendor": "0x10de", "class": "0x068000", "device": "0x1af1"},
+}
+
+
+def build_sysfs(
+    root: Path,
+    devices: Mapping[str, Mapping[str, str]] | None = None,
+    numa_nodes: int | None = 2,
+    nvidia_module_version: str | None = None,
+) -> Path:
+    """Write a fake sysfs tree under ``root`` and return it."""
+    pci_dir = root / "bus" / "pci" / "devices"
+    pci_dir.mkdir(parents=True)
+    for address, files in (PCI_DEVICES if devices is None else devices).items():
+        device_dir = pci_dir / address
+        device_dir.mkdir()
+        for name, content in files.items():
+            (device_dir / name).write_text(content + "\n")
+    if numa_nodes is not None:
+        node_dir = root / "devices" / "system" / "node"
+        node_dir.mkdir(parents=True)
+        (node_dir / "possible").write_text(f"0-{max(numa_nodes - 1, 0)}\n")
+        (node_dir / "power").mkdir()
+        for number in range(numa_nodes):
+            (node_dir / f"node{number}").mkdir()
+    if nvidia_module_version is not None:
+        module_dir = root / "module" / "nvidia"
+        module_dir.mkdir(parents=True)
+        (module_dir / "version").write_text(nvidia_module_version + "\n")
+    return root
+
+
+@pytest.fixture
+def fake_sysfs(tmp_path: Path) -> Path:
+    """A sysfs tree with two NVIDIA GPUs, two NVSwitches and noise; 2 NUMA nodes."""
+    return build_sysfs(tmp_path / "sys")
+
+
+@pytest.fixture
+def fake_proc(tmp_path: Path) -> Path:
+    """A procfs tree with a meminfo of 65536000 kB (64000 MiB)."""
+    root = tmp_path / "proc"
+    root.mkdir()
+    (root / "meminfo").write_text(MEMINFO)
+    return root
+
+
+@pytest.fixture
+def make_sysfs(tmp_path: Path) -> Callable[..., Path]:
+    """Factory for fake sysfs trees: ``make_sysfs(devices=..., numa_nodes=...)``."""
+    made: list[Path] = []
+
+    def make(**kwargs: object) -> Path:
+        root = tmp_path / f"sys{len(made)}"
+        made.append(root)
+        return build_sysfs(root, **kwargs)  # type: ignore[arg-type]
+
+    return make
