@@ -1,0 +1,3 @@
+"""llmfleet: the command line of the llmfleet Ansible project."""
+
+__version__ = "0.1.0"

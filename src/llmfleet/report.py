@@ -1,0 +1,82 @@
+"""The fleet's hardware report, read from Ansible's jsonfile fact cache.
+
+`preflight` leaves `llmfleet_hardware`, `llmfleet_tier` and
+`llmfleet_model_tier` in the cache (one JSON file per host); this turns them
+into a table an operator reads, without touching any host.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+COLUMNS = ("host", "tier", "source", "gpus", "usable VRAM", "driver", "CUDA", "RAM", "cores")
+
+
+def load_fact_cache(folder: Path) -> dict[str, dict[str, Any]]:
+    """Facts per host from a jsonfile fact cache folder (hosts without llmfleet facts left out)."""
+    hosts: dict[str, dict[str, Any]] = {}
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if not path.is_file():
+            continue
+        try:
+            facts = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(facts, dict) and "llmfleet_hardware" in facts:
+            hosts[path.name] = facts
+    return hosts
+
+
+def _gpu_text(hardware: dict[str, Any]) -> str:
+    gpus = hardware.get("gpus") or []
+    if not gpus:
+        return "-"
+    names: dict[str, int] = {}
+    for gpu in gpus:
+        name = gpu.get("name") or gpu.get("pci_device_id") or "NVIDIA GPU"
+        if gpu.get("mig_enabled"):
+            name += " (MIG)"
+        names[name] = names.get(name, 0) + 1
+    return ", ".join(f"{count}x {name}" for name, count in names.items())
+
+
+def _mib(value: int | None) -> str:
+    return "-" if value is None else f"{value / 1024:.1f} GiB"
+
+
+def report_rows(hosts: dict[str, dict[str, Any]]) -> list[tuple[str, ...]]:
+    """One row per host, in the order of COLUMNS."""
+    rows = []
+    for host, facts in sorted(hosts.items()):
+        hardware = facts["llmfleet_hardware"]
+        tier = facts.get("llmfleet_model_tier", facts.get("llmfleet_tier"))
+        source = facts.get("llmfleet_model_tier_source", "detected")
+        rows.append(
+            (
+                host,
+                f"{tier or 'undecided'} ({source})",
+                str(hardware.get("source")),
+                _gpu_text(hardware),
+                _mib(hardware.get("usable_vram_mib")),
+                hardware.get("driver_version") or "-",
+                hardware.get("cuda_version") or "-",
+                _mib(hardware.get("memory_total_mib")),
+                str(hardware.get("cpu_cores") if hardware.get("cpu_cores") is not None else "-"),
+            )
+        )
+    return rows
+
+
+def format_table(rows: list[tuple[str, ...]], columns: tuple[str, ...] = COLUMNS) -> str:
+    """A plain text table, columns padded to their widest cell."""
+    widths = [
+        max(len(str(cell)) for cell in column) for column in zip(columns, *rows, strict=False)
+    ]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [columns, *rows]
+    ]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)

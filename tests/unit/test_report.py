@@ -1,0 +1,84 @@
+"""`llmfleet report`: the hardware table from the jsonfile fact cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from llmfleet.cli import main
+from llmfleet.report import format_table, load_fact_cache, report_rows
+
+A100 = {
+    "llmfleet_hardware": {
+        "source": "nvidia-smi",
+        "driver_version": "535.104.05",
+        "cuda_version": "12.2",
+        "gpus": [{"name": "NVIDIA A100-SXM4-40GB", "mig_enabled": True}],
+        "usable_vram_mib": 19968,
+        "memory_total_mib": 262144,
+        "cpu_cores": 32,
+    },
+    "llmfleet_tier": "pro",
+    "llmfleet_model_tier": "pro",
+    "llmfleet_model_tier_source": "detected",
+}
+FRESH = {
+    "llmfleet_hardware": {
+        "source": "pci",
+        "driver_version": None,
+        "cuda_version": None,
+        "gpus": [{"pci_device_id": "0x20b0"}],
+        "usable_vram_mib": None,
+        "memory_total_mib": 2048,
+        "cpu_cores": 2,
+    },
+    "llmfleet_tier": None,
+}
+
+
+def write_cache(folder: Path) -> None:
+    (folder / "gpu-01").write_text(json.dumps(A100))
+    (folder / "fresh-01").write_text(json.dumps(FRESH))
+    (folder / "not-a-fleet-host").write_text(json.dumps({"ansible_hostname": "x"}))
+    (folder / "broken").write_text("{")
+
+
+def test_load_fact_cache_keeps_hosts_with_llmfleet_facts(tmp_path: Path) -> None:
+    write_cache(tmp_path)
+    assert sorted(load_fact_cache(tmp_path)) == ["fresh-01", "gpu-01"]
+
+
+def test_report_rows(tmp_path: Path) -> None:
+    write_cache(tmp_path)
+    rows = report_rows(load_fact_cache(tmp_path))
+    assert rows == [
+        ("fresh-01", "undecided (detected)", "pci", "1x 0x20b0", "-", "-", "-", "2.0 GiB", "2"),
+        (
+            "gpu-01",
+            "pro (detected)",
+            "nvidia-smi",
+            "1x NVIDIA A100-SXM4-40GB (MIG)",
+            "19.5 GiB",
+            "535.104.05",
+            "12.2",
+            "256.0 GiB",
+            "32",
+        ),
+    ]
+
+
+def test_format_table_pads_columns() -> None:
+    table = format_table([("a", "bb")], columns=("x", "y"))
+    assert table.splitlines() == ["x  y", "-  --", "a  bb"]
+
+
+def test_cli_report(tmp_path: Path, capsys) -> None:
+    write_cache(tmp_path)
+    assert main(["report", "--facts", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "gpu-01" in out and "pro (detected)" in out
+
+
+def test_cli_report_without_facts(tmp_path: Path, capsys) -> None:
+    assert main(["report", "--facts", str(tmp_path)]) == 1
+    assert "run the preflight first" in capsys.readouterr().err
