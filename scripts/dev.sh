@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# The README's two commands, on a Debian 12 machine as root:
+#
+#   scripts/dev.sh local [ansible-playbook args]   prepare this machine, start a disposable
+#                                                  local host container, run site.yml against it
+#   scripts/dev.sh test  [pytest args]             the whole test suite: lint, unit tests,
+#                                                  Molecule scenarios (what CI runs)
+#
+# "Prepare" means: a virtual environment with the pinned tools (.venv), a
+# Docker engine (Debian's docker.io, started when not running) and the Debian 12
+# systemd test image (built with debootstrap, cached). Expensive things are kept
+# under $LLMFLEET_CACHE (default /var/cache/llmfleet); a new machine rebuilds them.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+export LLMFLEET_CACHE=${LLMFLEET_CACHE:-/var/cache/llmfleet}
+export LLMFLEET_TEST_IMAGE=${LLMFLEET_TEST_IMAGE:-llmfleet/debian12-systemd:latest}
+venv=${LLMFLEET_VENV:-$root/.venv}
+python=${LLMFLEET_PYTHON:-python3}
+
+say() { printf '\n== %s\n' "$*" >&2; }
+
+apt_install() {
+  say "installing $* (Debian packages)"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+ensure_venv() {
+  local stamp="$venv/.llmfleet-requirements" want
+  want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+  if [[ ! -x $venv/bin/python || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
+    say "virtual environment $venv (pinned tools from pyproject.toml)"
+    "$python" -m venv "$venv" 2>/dev/null || { apt_install python3-venv && "$python" -m venv "$venv"; }
+    mkdir -p "$LLMFLEET_CACHE"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -e ".[dev]" 2>"$LLMFLEET_CACHE/pip.log" \
+      || { grep -v '^WARNING: Location' "$LLMFLEET_CACHE/pip.log" | tail -n 30 >&2; exit 1; }
+    echo "$want" >"$stamp"
+  fi
+  export PATH="$venv/bin:$PATH"
+}
+
+ensure_docker() {
+  if docker info >/dev/null 2>&1; then return; fi
+  command -v dockerd >/dev/null || apt_install docker.io
+  say "starting dockerd (log: $LLMFLEET_CACHE/dockerd.log)"
+  mkdir -p "$LLMFLEET_CACHE"
+  nohup dockerd >"$LLMFLEET_CACHE/dockerd.log" 2>&1 &
+  for _ in $(seq 60); do
+    docker info >/dev/null 2>&1 && return
+    sleep 1
+  done
+  tail -n 20 "$LLMFLEET_CACHE/dockerd.log" >&2
+  echo "dockerd did not start within 60 s" >&2
+  exit 1
+}
+
+ensure_image() {
+  command -v debootstrap >/dev/null || apt_install debootstrap
+  molecule/resources/image/build.sh
+}
+
+prepare() {
+  ensure_venv
+  ensure_docker
+  ensure_image
+}
+
+# The container flags that let systemd run in Docker here (--privileged fails).
+systemd_container_flags=(
+  --cap-add SYS_ADMIN
+  --security-opt seccomp=unconfined --security-opt apparmor=unconfined
+  --cgroupns=host -v /sys/fs/cgroup:/sys/fs/cgroup:rw
+  --tmpfs /run --tmpfs /run/lock
+)
+
+run_local() {
+  prepare
+  local host=llmfleet-local
+  say "starting the disposable local host container $host"
+  docker rm -f "$host" >/dev/null 2>&1 || true
+  docker run -d --name "$host" --hostname "$host" "${systemd_container_flags[@]}" \
+    "$LLMFLEET_TEST_IMAGE" >/dev/null
+  if [[ ${LLMFLEET_KEEP:-0} != 1 ]]; then
+    trap 'docker rm -f '"$host"' >/dev/null 2>&1 || true' EXIT
+  fi
+  for _ in $(seq 60); do
+    state=$(docker exec "$host" systemctl is-system-running 2>/dev/null || true)
+    [[ $state == running || $state == degraded ]] && break
+    sleep 1
+  done
+  say "ansible-playbook site.yml -i inventories/local"
+  ansible-playbook -i inventories/local site.yml "$@"
+  say "hardware report (llmfleet report, from the fact cache)"
+  llmfleet report --facts .cache/facts
+}
+
+run_tests() {
+  prepare
+  say "pytest: lint, unit tests, Molecule scenarios"
+  pytest "$@"
+}
+
+case ${1:-} in
+  local) shift; run_local "$@" ;;
+  test) shift; run_tests "$@" ;;
+  *) sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+esac
