@@ -24,7 +24,7 @@ say() { printf '\n== %s\n' "$*" >&2; }
 apt_install() {
   say "installing $* (Debian packages)"
   DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
 ensure_venv() {

@@ -1,5 +1,8 @@
 """The fleet's hardware report, read from Ansible's jsonfile fact cache.
 
+Reads the cache through Ansible's cache plugin (the control node has Ansible),
+since the files' layout is Ansible's own and changes between releases.
+
 `preflight` leaves `llmfleet_hardware`, `llmfleet_tier` and
 `llmfleet_model_tier` in the cache (one JSON file per host); this turns them
 into a table an operator reads, without touching any host.
@@ -7,25 +10,45 @@ into a table an operator reads, without touching any host.
 
 from __future__ import annotations
 
-import json
+import functools
 from pathlib import Path
 from typing import Any
 
 COLUMNS = ("host", "tier", "source", "gpus", "usable VRAM", "driver", "CUDA", "RAM", "cores")
 
 
+@functools.cache
+def _ansible_plugins_ready() -> None:
+    """Ansible's plugin loader, set up once per process."""
+    from ansible.plugins.loader import init_plugin_loader
+
+    init_plugin_loader()
+
+
+def open_fact_cache(folder: Path) -> Any:
+    """Ansible's own jsonfile cache plugin on `folder`, so the file format is Ansible's concern."""
+    from ansible.plugins.loader import cache_loader
+
+    _ansible_plugins_ready()
+    return cache_loader.get("ansible.builtin.jsonfile", _uri=str(folder), _prefix="", _timeout=0)
+
+
 def load_fact_cache(folder: Path) -> dict[str, dict[str, Any]]:
     """Facts per host from a jsonfile fact cache folder (hosts without llmfleet facts left out)."""
+    from ansible.errors import AnsibleError
+
+    if not folder.is_dir():
+        return {}
+    cache = open_fact_cache(folder)
     hosts: dict[str, dict[str, Any]] = {}
-    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
-        if not path.is_file():
-            continue
+    cached_hosts = cache.keys()  # a cache plugin, not a dict: keys() reads the folder
+    for host in cached_hosts:
         try:
-            facts = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            facts = cache.get(host)
+        except (AnsibleError, ValueError, OSError):  # a damaged entry leaves out that host only
             continue
         if isinstance(facts, dict) and "llmfleet_hardware" in facts:
-            hosts[path.name] = facts
+            hosts[host] = facts
     return hosts
 
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from llmfleet.cli import main
-from llmfleet.report import format_table, load_fact_cache, report_rows
+from llmfleet.report import format_table, load_fact_cache, open_fact_cache, report_rows
 
 A100 = {
     "llmfleet_hardware": {
@@ -37,10 +36,11 @@ FRESH = {
 
 
 def write_cache(folder: Path) -> None:
-    (folder / "gpu-01").write_text(json.dumps(A100))
-    (folder / "fresh-01").write_text(json.dumps(FRESH))
-    (folder / "not-a-fleet-host").write_text(json.dumps({"ansible_hostname": "x"}))
-    (folder / "broken").write_text("{")
+    """Write the cache the way ansible-playbook does, with Ansible's own plugin."""
+    cache = open_fact_cache(folder)
+    cache.set("gpu-01", A100)
+    cache.set("fresh-01", FRESH)
+    cache.set("not-a-fleet-host", {"ansible_hostname": "x"})
 
 
 def test_load_fact_cache_keeps_hosts_with_llmfleet_facts(tmp_path: Path) -> None:
