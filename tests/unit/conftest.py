@@ -1,8 +1,8 @@
-"""Shared fixtures for the gpu_facts unit tests.
+"""Shared fixtures for the unit tests of the project's modules.
 
-``plugins/module_utils/llmfleet_gpu.py`` is registered as ``llmfleet_gpu`` and as
-``ansible.module_utils.llmfleet_gpu`` (where Ansible puts a project module_utils
-file), and ``plugins/modules/gpu_facts.py`` as ``gpu_facts``, so tests import
+Each ``plugins/module_utils/<name>.py`` is registered as ``<name>`` and as
+``ansible.module_utils.<name>`` (where Ansible puts a project module_utils
+file), and each ``plugins/modules/<name>.py`` as ``<name>``, so tests import
 them by those names whatever the working directory.
 """
 
@@ -35,10 +35,12 @@ def _load(name: str, path: Path) -> ModuleType:
 def _register() -> None:
     if "gpu_facts" in sys.modules:
         return
-    utils = _load("llmfleet_gpu", MODULE_UTILS_FILE)
-    sys.modules["ansible.module_utils.llmfleet_gpu"] = utils
-    ansible.module_utils.llmfleet_gpu = utils  # type: ignore[attr-defined]
-    _load("gpu_facts", MODULE_FILE)
+    for path in sorted(MODULE_UTILS_FILE.parent.glob("*.py")):
+        utils = _load(path.stem, path)
+        sys.modules[f"ansible.module_utils.{path.stem}"] = utils
+        setattr(ansible.module_utils, path.stem, utils)
+    for path in sorted(MODULE_FILE.parent.glob("*.py")):
+        _load(path.stem, path)
 
 
 _register()
