@@ -8,14 +8,15 @@
 #
 # Environment:
 #   LLMFLEET_CACHE           cache folder (default /var/cache/llmfleet)
-#   LLMFLEET_DEBIAN_MIRROR   Debian mirror for debootstrap (default deb.debian.org)
+#   LLMFLEET_DEBIAN_MIRROR   Debian mirror for debootstrap (default: the first Debian
+#                            URI in this machine's own apt sources)
 #   LLMFLEET_TEST_IMAGE      the tag the scenarios use (default llmfleet/debian12-systemd:latest)
 set -euo pipefail
 
 repo=llmfleet/debian12-systemd
 suite=bookworm
 packages=python3,python3-apt,systemd,systemd-sysv,sudo,ca-certificates,iproute2
-mirror=${LLMFLEET_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+mirror=${LLMFLEET_DEBIAN_MIRROR:-$("$(dirname "${BASH_SOURCE[0]}")/../debian-mirror.sh")}
 cache=${LLMFLEET_CACHE:-/var/cache/llmfleet}/images
 stable_tag=${LLMFLEET_TEST_IMAGE:-$repo:latest}
 
