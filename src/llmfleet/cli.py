@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -21,6 +22,108 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bundle_build(args: argparse.Namespace) -> int:
+    from llmfleet.bundle.apt_repo import AptError
+    from llmfleet.bundle.build import BuildError, build_bundle
+    from llmfleet.bundle.fetch import Fetcher, FetchError, progress_stream
+    from llmfleet.bundle.signing import SigningError, default_signing_home
+    from llmfleet.bundle.spec import SpecError, load_spec
+
+    try:
+        spec = load_spec(Path(args.spec), os.environ)
+    except SpecError as exc:
+        print(f"the spec is not valid ({len(exc.problems)} problems):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    home = Path(args.signing_home) if args.signing_home else default_signing_home(os.environ)
+    fetcher = Fetcher(retries=args.retries, progress=progress_stream(args.quiet))
+    try:
+        result = build_bundle(
+            spec,
+            Path(args.output),
+            signing_home=home,
+            cache=Path(args.cache) if args.cache else None,
+            quiet=args.quiet,
+            fetcher=fetcher,
+        )
+    except (BuildError, FetchError, AptError, SigningError) as exc:
+        print(f"bundle build failed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bundle build interrupted: nothing partial is left under the bundle", file=sys.stderr)
+        return 130
+    print("\n".join(result.summary()))
+    return 0
+
+
+def cmd_bundle_verify(args: argparse.Namespace) -> int:
+    from llmfleet.bundle.signing import SigningError
+    from llmfleet.bundle.verify import verify_bundle
+
+    bundle = Path(args.bundle)
+    if not bundle.is_dir():
+        print(f"{bundle} is not a folder", file=sys.stderr)
+        return 2
+    try:
+        problems, summary = verify_bundle(bundle, fingerprint=args.fingerprint)
+    except SigningError as exc:
+        print(f"bundle verify failed: {exc}", file=sys.stderr)
+        return 2
+    if problems:
+        for problem in problems:
+            print(problem.line())
+        print(f"FAILED: {len(problems)} problems in the bundle {bundle}", file=sys.stderr)
+        return 1
+    assert summary is not None
+    print(summary.line())
+    return 0
+
+
+def add_bundle_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    bundle = commands.add_parser(
+        "bundle", help="build or verify the offline bundle (apt repos, files, models)"
+    )
+    actions = bundle.add_subparsers(dest="bundle_command", required=True)
+    build = actions.add_parser(
+        "build",
+        help="gather a spec's packages and files into a signed bundle (incremental)",
+        description="Resolve apt closures in containers of the target images, download files "
+        "with their sha256, and write a signed, checksummed bundle into DIR.",
+    )
+    build.add_argument("spec", help="the bundle spec (YAML), e.g. bundles/ci.yml")
+    build.add_argument("--output", "-o", required=True, metavar="DIR", help="the bundle folder")
+    build.add_argument(
+        "--cache",
+        metavar="DIR",
+        help="download cache (default: DIR/.cache); keep it to make rebuilds incremental",
+    )
+    build.add_argument(
+        "--signing-home",
+        metavar="PATH",
+        help="GnuPG home of the bundle key, outside DIR (default: $LLMFLEET_SIGNING_HOME, "
+        "else ~/.local/share/llmfleet/signing)",
+    )
+    build.add_argument("--retries", type=int, default=3, help="attempts per download (default: 3)")
+    build.add_argument(
+        "--quiet", "-q", action="store_true", help="no progress or log, only the summary"
+    )
+    build.set_defaults(func=cmd_bundle_build)
+    verify = actions.add_parser(
+        "verify",
+        help="recompute every checksum and signature of a bundle",
+        description="Exit 0 with a one-line summary when the bundle is sound; otherwise list "
+        "each bad artifact (path, expected and actual sha256, missing, or bad signature).",
+    )
+    verify.add_argument("bundle", metavar="DIR", help="the bundle folder")
+    verify.add_argument(
+        "--fingerprint",
+        metavar="FPR",
+        help="also require the bundle key to be this one (its full fingerprint)",
+    )
+    verify.set_defaults(func=cmd_bundle_verify)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmfleet", description=__doc__)
     parser.add_argument("--version", action="version", version=f"llmfleet {__version__}")
@@ -32,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--facts", default=".cache/facts", help="the jsonfile fact cache (default: .cache/facts)"
     )
     report.set_defaults(func=cmd_report)
+    add_bundle_parser(commands)
     return parser
 
 

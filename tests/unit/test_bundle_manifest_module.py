@@ -62,7 +62,7 @@ def _patch_exits(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def signed_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def signed_bundle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A bundle folder with a manifest signed by a throwaway key, and that key's keyring."""
     root = tmp_path_factory.mktemp("bundle")
     home = tmp_path_factory.mktemp("gnupg")
@@ -101,7 +101,8 @@ def signed_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
         check=True,
         capture_output=True,
     )
-    return root
+    yield root
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], check=False)
 
 
 @pytest.fixture

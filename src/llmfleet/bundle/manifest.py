@@ -1,0 +1,168 @@
+"""manifest.json and SHA256SUMS: pure functions from the list of artifacts.
+
+The manifest is deterministic (artifacts sorted by path, debs sorted by path), so a rebuild
+that changes nothing renders the same bytes; `created` is then carried over from the previous
+manifest and nothing is rewritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+SIGNATURE = "manifest.json.asc"
+SUMS = "SHA256SUMS"
+KEYRING = "keys/llmfleet-bundle.gpg"
+KEY_ARMORED = "keys/llmfleet-bundle.asc"
+#: Files under the bundle that are not artifacts (the manifest itself and the build cache).
+NOT_ARTIFACTS = (MANIFEST, SIGNATURE, SUMS)
+CACHE_DIR = ".cache"
+KINDS = ("file", "deb", "key", "apt-index")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One file of the bundle, as the manifest lists it."""
+
+    name: str
+    kind: str
+    path: str
+    sha256: str
+    size: int
+    source: str
+    member: str | None = None
+    archive_sha256: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "name": self.name,
+            "kind": self.kind,
+            "path": self.path,
+            "sha256": self.sha256,
+            "size": self.size,
+            "source": self.source,
+        }
+        if self.member is not None:
+            entry["member"] = self.member
+            entry["archive_sha256"] = self.archive_sha256
+        return entry
+
+
+@dataclass(frozen=True)
+class Deb:
+    package: str
+    version: str
+    path: str
+
+
+@dataclass(frozen=True)
+class AptSection:
+    """The manifest's record of one apt repository."""
+
+    name: str
+    packages: tuple[str, ...]
+    architecture: str
+    debs: tuple[Deb, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": f"apt/{self.name}",
+            "packages": list(self.packages),
+            "architecture": self.architecture,
+            "debs": [
+                {"package": d.package, "version": d.version, "path": d.path}
+                for d in sorted(self.debs, key=lambda d: d.path)
+            ],
+        }
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def make_manifest(
+    name: str,
+    fingerprint: str,
+    key_sha256: str,
+    apt: list[AptSection],
+    artifacts: list[Artifact],
+    created: str,
+) -> dict[str, Any]:
+    """The manifest as a dict, in the documented key order, everything sorted."""
+    paths = [artifact.path for artifact in artifacts]
+    duplicates = sorted({path for path in paths if paths.count(path) > 1})
+    if duplicates:
+        raise ValueError(f"two artifacts share the path {duplicates[0]}")
+    names = [artifact.name for artifact in artifacts]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"two artifacts share the name {duplicates[0]}")
+    return {
+        "format": FORMAT,
+        "name": name,
+        "created": created,
+        "signing_key": {"fingerprint": fingerprint, "path": KEYRING, "sha256": key_sha256},
+        "apt": {section.name: section.to_dict() for section in sorted(apt, key=lambda s: s.name)},
+        "artifacts": [a.to_dict() for a in sorted(artifacts, key=lambda a: a.path)],
+    }
+
+
+def render_manifest(manifest: dict[str, Any]) -> bytes:
+    return (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode()
+
+
+def render_sums(manifest: dict[str, Any]) -> bytes:
+    """SHA256SUMS: `sha256sum -c` compatible, one line per artifact, sorted by path."""
+    lines = sorted(
+        (artifact["path"], artifact["sha256"]) for artifact in manifest.get("artifacts", [])
+    )
+    return "".join(f"{sha256}  {path}\n" for path, sha256 in lines).encode()
+
+
+def same_content(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+    """True when the two manifests differ at most in `created`."""
+    if old is None:
+        return False
+    strip = {key: value for key, value in old.items() if key != "created"}
+    return strip == {key: value for key, value in new.items() if key != "created"}
+
+
+def read_manifest(bundle: Path) -> dict[str, Any] | None:
+    """The bundle's manifest.json, or None when it is missing or not a JSON object."""
+    try:
+        data = json.loads((bundle / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def artifacts_by_path(manifest: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    if not manifest or not isinstance(manifest.get("artifacts"), list):
+        return {}
+    return {
+        entry["path"]: entry
+        for entry in manifest["artifacts"]
+        if isinstance(entry, dict) and isinstance(entry.get("path"), str)
+    }
+
+
+def bundle_files(bundle: Path) -> list[str]:
+    """Every file under the bundle that must be an artifact, as sorted relative paths."""
+    found: list[str] = []
+    for root, dirs, files in os.walk(bundle):
+        relative = Path(root).relative_to(bundle)
+        if relative == Path("."):
+            dirs[:] = [d for d in dirs if d != CACHE_DIR]
+        # a symbolic link to a folder is listed as a file: it must not hide content
+        links = [d for d in dirs if (Path(root) / d).is_symlink()]
+        for name in [*files, *links]:
+            path = (relative / name).as_posix()
+            if path not in NOT_ARTIFACTS:
+                found.append(path)
+    return sorted(found)

