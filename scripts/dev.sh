@@ -57,11 +57,21 @@ ensure_docker() {
 }
 
 ensure_image() {
-  command -v debootstrap >/dev/null || apt_install debootstrap
   molecule/resources/image/build.sh
 }
 
+# Debian packages the build side needs: debootstrap (test image), apt-utils and
+# gnupg (`llmfleet bundle build` writes and signs apt repositories).
+ensure_tools() {
+  local missing=()
+  command -v debootstrap >/dev/null || missing+=(debootstrap)
+  command -v apt-ftparchive >/dev/null || missing+=(apt-utils)
+  command -v gpg >/dev/null || missing+=(gnupg)
+  ((${#missing[@]} == 0)) || apt_install "${missing[@]}"
+}
+
 prepare() {
+  ensure_tools
   ensure_venv
   ensure_docker
   ensure_image
