@@ -198,6 +198,34 @@ def parse_compute_capability(text: str | None) -> str | None:
     return value if value is not None and _CC_RE.match(value) else None
 
 
+#: The one query that adds what ``-q -x`` lacks: the compute capability (driver 510+).
+COMPUTE_CAP_QUERY = ("--query-gpu=pci.bus_id,compute_cap", "--format=csv,noheader")
+
+
+def parse_compute_caps_csv(data: bytes | str) -> dict[str, str]:
+    """``--query-gpu=pci.bus_id,compute_cap --format=csv,noheader`` output to
+    ``{bus id (sysfs form): "8.6"}``. Lines that do not read as a bus id and a
+    capability (an error message, "[N/A]") are left out."""
+    text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
+    caps: dict[str, str] = {}
+    for line in text.splitlines():
+        parts = [part.strip() for part in line.split(",")]
+        if len(parts) != 2:
+            continue
+        bus_id = normalize_pci_bus_id(parts[0])
+        capability = parse_compute_capability(parts[1])
+        if bus_id and _BUS_ID_RE.match(bus_id) and capability:
+            caps[bus_id] = capability
+    return caps
+
+
+def merge_compute_caps(smi: dict[str, Any], caps: Mapping[str, str]) -> None:
+    """Fill each GPU's missing compute capability from ``caps`` (by bus id)."""
+    for gpu in smi["gpus"]:
+        if gpu.get("compute_capability") is None and gpu.get("pci_bus_id") in caps:
+            gpu["compute_capability"] = caps[gpu["pci_bus_id"]]
+
+
 # ---------------------------------------------------------------------------
 # nvidia-smi -q -x
 # ---------------------------------------------------------------------------

@@ -16,11 +16,14 @@ from typing import Any, NamedTuple
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.llmfleet_gpu import (
+    COMPUTE_CAP_QUERY,
     DEFAULT_TIERS,
     build_hardware_facts,
     count_numa_nodes,
     cpu_core_count,
     decide_tier,
+    merge_compute_caps,
+    parse_compute_caps_csv,
     parse_nvidia_smi_xml,
     read_meminfo_total_mib,
     read_nvidia_module,
@@ -35,7 +38,9 @@ module: gpu_facts
 short_description: Gather NVIDIA GPU, VRAM, PCIe, RAM and CPU facts and decide the model tier
 description:
   - Runs C(nvidia-smi -q -x) once (under C(LC_ALL=C), with a time limit) and reads the GPUs,
-    their memory, MIG instances and PCIe links from the XML document.
+    their memory, MIG instances and PCIe links from the XML document; when the document has no
+    compute capability, one C(--query-gpu=pci.bus_id,compute_cap --format=csv,noheader) call adds
+    it (the engine's CUDA architectures come from it).
   - When nvidia-smi is missing, exits non-zero, times out or prints something that is not a
     C(nvidia_smi_log) document (a fresh host has no driver yet), lists NVIDIA GPUs from PCI sysfs
     instead (vendor C(0x10de), class C(0x0300xx) or C(0x0302xx)); the tier is then undecided
@@ -244,8 +249,10 @@ ansible_facts:
               description: Current link width in lanes.
               type: int
             compute_capability:
-              description: Compute capability such as "8.0" when the document states it
-                (C(-q -x) usually does not); never derived from the product name.
+              description: Compute capability such as "8.0", from the document or, since
+                C(-q -x) usually lacks it, from one C(--query-gpu=pci.bus_id,compute_cap) call
+                (driver 510 and newer); null when the driver does not say. Never derived from the
+                product name.
               type: str
         usable_vram_mib:
           description: Sum of the GPUs' usable VRAM; null when some GPU's is unknown.
@@ -328,7 +335,7 @@ def resolve_command(
         argv[0] = found
     elif not os.path.isfile(program) or not os.access(program, os.X_OK):
         return None, f"{program} not found or not executable"
-    return [*argv, "-q", "-x"], None
+    return argv, None
 
 
 def _first_line(data: bytes) -> str:
@@ -344,10 +351,15 @@ def query_nvidia_smi(
     find_bin: Callable[[str], str | None],
     runner: Callable[[Sequence[str], float], RunResult] = run_program,
 ) -> tuple[dict[str, Any] | None, str | None]:
-    """Run nvidia-smi once; return ``(parsed document, None)`` or ``(None, why)``."""
-    argv, missing = resolve_command(command_line, find_bin)
-    if argv is None:
+    """Run ``nvidia-smi -q -x``; return ``(parsed document, None)`` or ``(None, why)``.
+
+    When the document names no compute capability (``-q -x`` does not), one
+    ``--query-gpu`` call adds it; a driver too old for that field leaves it null.
+    """
+    program, missing = resolve_command(command_line, find_bin)
+    if program is None:
         return None, missing
+    argv = [*program, "-q", "-x"]
     result = runner(argv, timeout)
     if result.error is not None:
         return None, result.error
@@ -355,9 +367,14 @@ def query_nvidia_smi(
         detail = _first_line(result.stdout) or _first_line(result.stderr)
         return None, f"{argv[0]} exited with status {result.rc}" + (f": {detail}" if detail else "")
     try:
-        return parse_nvidia_smi_xml(result.stdout), None
+        smi = parse_nvidia_smi_xml(result.stdout)
     except ValueError as exc:
         return None, str(exc)
+    if any(gpu["compute_capability"] is None for gpu in smi["gpus"]):
+        caps = runner([*program, *COMPUTE_CAP_QUERY], timeout)
+        if caps.error is None and caps.rc == 0:
+            merge_compute_caps(smi, parse_compute_caps_csv(caps.stdout))
+    return smi, None
 
 
 def gather(

@@ -42,23 +42,34 @@ def _patch_exits(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 class FakeRunner:
-    """Stands in for gpu_facts.run_program; records each call."""
+    """Stands in for gpu_facts.run_program; records each call.
 
-    def __init__(self, result: gpu_facts.RunResult) -> None:
+    ``-q -x`` gets ``result``; the compute capability query gets ``caps``, by
+    default what a driver older than 510 says about the unknown field.
+    """
+
+    def __init__(
+        self, result: gpu_facts.RunResult, caps: gpu_facts.RunResult | None = None
+    ) -> None:
         self.result = result
+        self.caps = caps or gpu_facts.RunResult(
+            2, b'Field "compute_cap" is not a valid field to query.\n', b"", None
+        )
         self.calls: list[tuple[list[str], float]] = []
 
     def __call__(self, argv: Sequence[str], timeout: float) -> gpu_facts.RunResult:
         self.calls.append((list(argv), timeout))
-        return self.result
+        return self.caps if any(a.startswith("--query-gpu") for a in argv) else self.result
 
 
 @pytest.fixture
-def use_runner(monkeypatch: pytest.MonkeyPatch) -> Callable[[gpu_facts.RunResult], FakeRunner]:
+def use_runner(
+    monkeypatch: pytest.MonkeyPatch,
+) -> Callable[..., FakeRunner]:
     """Install a fake runner; a bare ``nvidia-smi`` resolves to /usr/bin/nvidia-smi."""
 
-    def install(result: gpu_facts.RunResult) -> FakeRunner:
-        runner = FakeRunner(result)
+    def install(result: gpu_facts.RunResult, caps: gpu_facts.RunResult | None = None) -> FakeRunner:
+        runner = FakeRunner(result, caps)
         monkeypatch.setattr(gpu_facts, "run_program", runner)
         monkeypatch.setattr(
             basic.AnsibleModule,
@@ -116,7 +127,10 @@ def test_nvidia_smi_answering(use_runner: Any, roots: dict[str, str], capture: A
     runner = use_runner(answered(capture("rtx-3060.xml")))
     result = run_module(roots)
 
-    assert runner.calls == [(["/usr/bin/nvidia-smi", "-q", "-x"], 30)]
+    assert runner.calls == [
+        (["/usr/bin/nvidia-smi", "-q", "-x"], 30),
+        (["/usr/bin/nvidia-smi", *gpu_facts.COMPUTE_CAP_QUERY], 30),
+    ]
     assert result["changed"] is False
     assert result["nvidia_smi_error"] is None
     facts = result["ansible_facts"]
@@ -150,10 +164,31 @@ def test_command_line_with_arguments_and_timeout(
     runner = use_runner(answered(capture("t4.xml")))
     args = {**roots, "nvidia_smi": "fake-smi --capture '/srv/my captures/t4.xml'", "timeout": 7}
     result = run_module(args)
+    program = ["/usr/bin/fake-smi", "--capture", "/srv/my captures/t4.xml"]
     assert runner.calls == [
-        (["/usr/bin/fake-smi", "--capture", "/srv/my captures/t4.xml", "-q", "-x"], 7)
+        ([*program, "-q", "-x"], 7),
+        ([*program, *gpu_facts.COMPUTE_CAP_QUERY], 7),
     ]
     assert result["ansible_facts"]["llmfleet_tier"] == "pro"
+
+
+def test_compute_capability_from_the_query(
+    use_runner: Any, roots: dict[str, str], capture: Any
+) -> None:
+    caps = answered(b"00000000:41:00.0, 8.6\n00000000:C1:00.0, 8.6\n")
+    use_runner(answered(capture("dual-a5000-narrow.xml")), caps)
+    gpus = run_module(roots)["ansible_facts"]["llmfleet_hardware"]["gpus"]
+    assert [gpu["compute_capability"] for gpu in gpus] == ["8.6", "8.6"]
+
+
+def test_a_driver_without_compute_cap_leaves_it_null(
+    use_runner: Any, roots: dict[str, str], capture: Any
+) -> None:
+    use_runner(answered(capture("t4.xml")))
+    result = run_module(roots)
+    assert result["ansible_facts"]["llmfleet_hardware"]["gpus"][0]["compute_capability"] is None
+    assert result["ansible_facts"]["llmfleet_tier"] == "pro"
+    assert result["nvidia_smi_error"] is None
 
 
 def test_custom_tiers_any_order(use_runner: Any, roots: dict[str, str], capture: Any) -> None:

@@ -567,3 +567,32 @@ def test_cpu_core_count() -> None:
     count = g.cpu_core_count()
     assert isinstance(count, int)
     assert count >= 1
+
+
+@pytest.mark.parametrize(
+    ("output", "caps"),
+    [
+        (
+            "00000000:01:00.0, 8.6\n00000000:41:00.0, 9.0\n",
+            {"0000:01:00.0": "8.6", "0000:41:00.0": "9.0"},
+        ),
+        ("00000001:00:00.0, 7.5", {"0001:00:00.0": "7.5"}),
+        ("00000000:01:00.0, [N/A]\n", {}),
+        ('Field "compute_cap" is not a valid field to query.\n', {}),
+        ("", {}),
+    ],
+)
+def test_parse_compute_caps_csv(output: str, caps: dict[str, str]) -> None:
+    assert g.parse_compute_caps_csv(output) == caps
+
+
+def test_merge_compute_caps_fills_only_missing_values() -> None:
+    smi = {
+        "gpus": [
+            {"pci_bus_id": "0000:01:00.0", "compute_capability": None},
+            {"pci_bus_id": "0000:02:00.0", "compute_capability": "8.0"},
+            {"pci_bus_id": "0000:03:00.0", "compute_capability": None},
+        ]
+    }
+    g.merge_compute_caps(smi, {"0000:01:00.0": "8.6", "0000:02:00.0": "9.9"})
+    assert [gpu["compute_capability"] for gpu in smi["gpus"]] == ["8.6", "8.0", None]
