@@ -1,0 +1,91 @@
+"""config.yaml for the inference service, and llama-server's flags derived from it.
+
+config.yaml is the single source of truth for the running server: the systemd
+unit's command line is rendered from the same dictionary, so the two cannot
+disagree. Pure functions; tests in tests/unit/test_service_config.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def serving_config(
+    hardware: dict[str, Any],
+    model: dict[str, Any],
+    settings: dict[str, Any],
+) -> dict[str, Any]:
+    """The server's configuration from the facts, the model and the inventory's settings."""
+    gpus = hardware.get("gpus") or [] if hardware.get("driver_loaded") else []
+    headroom = int(settings.get("vram_headroom_mib", 1024))
+    context = settings.get("context_length") or min(
+        int(model["context_length"]), int(settings.get("context_cap", 8192))
+    )
+    if gpus:
+        usable = [max(int(g.get("usable_vram_mib") or 0) - headroom, 0) for g in gpus]
+        device_map = [f"cuda:{g['index']}" for g in gpus]
+        max_memory = {f"cuda:{g['index']}": f"{u}MiB" for g, u in zip(gpus, usable, strict=True)}
+        total = sum(usable) or 1
+        tensor_split = [round(u / total, 4) for u in usable]
+        gpu_layers = 999
+    else:
+        ram = int(hardware.get("memory_total_mib") or 0)
+        device_map = ["cpu"]
+        max_memory = {"cpu": f"{max(ram - headroom, 0)}MiB"}
+        tensor_split = []
+        gpu_layers = 0
+    return {
+        "model": {"name": model["name"], "path": model["path"], "tier": model.get("tier")},
+        "device_map": device_map,
+        "max_memory": max_memory,
+        "precision": settings.get("precision", "f16"),
+        "tensor_parallel_degree": max(len(gpus), 1),
+        "tensor_split": tensor_split,
+        "n_gpu_layers": gpu_layers,
+        "batch_size": int(settings.get("batch_size", 512)),
+        "parallel_slots": int(settings.get("parallel_slots", 2)),
+        "context_length": int(context),
+        "threads": int(settings.get("threads", 2)),
+        "bind_address": settings.get("bind_address", "127.0.0.1"),
+        "port": int(settings.get("port", 8080)),
+        "metrics": True,
+    }
+
+
+def llama_server_args(config: dict[str, Any], api_key_file: str = "") -> list[str]:
+    """llama-server's command line for `config` (the model path comes from $MODEL_PATH)."""
+    args = [
+        "--model", "${MODEL_PATH}",
+        "--alias", config["model"]["name"],
+        "--host", config["bind_address"],
+        "--port", str(config["port"]),
+        "--ctx-size", str(config["context_length"]),
+        "--parallel", str(config["parallel_slots"]),
+        "--batch-size", str(config["batch_size"]),
+        "--threads", str(config["threads"]),
+        "--n-gpu-layers", str(config["n_gpu_layers"]),
+        "--cache-type-k", config["precision"],
+        "--cache-type-v", config["precision"],
+    ]  # fmt: skip
+    if len(config["tensor_split"]) > 1:
+        args += [
+            "--split-mode",
+            "layer",
+            "--tensor-split",
+            ",".join(map(str, config["tensor_split"])),
+        ]
+    if config.get("metrics"):
+        args.append("--metrics")
+    if api_key_file:
+        args += ["--api-key-file", api_key_file]
+    return args
+
+
+class FilterModule:
+    """llmfleet inference service filters."""
+
+    def filters(self) -> dict[str, Any]:
+        return {
+            "llmfleet_serving_config": serving_config,
+            "llmfleet_llama_server_args": llama_server_args,
+        }

@@ -1,0 +1,67 @@
+"""config.yaml of the inference service and the llama-server flags derived from it."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+PLUGIN = Path(__file__).resolve().parents[2] / "plugins" / "filter" / "llmfleet_service.py"
+spec = importlib.util.spec_from_file_location("llmfleet_service_filters", PLUGIN)
+assert spec and spec.loader
+service = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(service)
+
+MODEL = {"name": "SmolLM2-135M-Instruct", "path": "/data/models/s/s.gguf", "context_length": 8192}
+SETTINGS = {
+    "vram_headroom_mib": 1024,
+    "context_cap": 4096,
+    "batch_size": 256,
+    "parallel_slots": 2,
+    "threads": 2,
+    "bind_address": "0.0.0.0",
+    "port": 8080,
+}
+
+
+def test_cpu_host() -> None:
+    hardware = {"driver_loaded": False, "gpus": [], "memory_total_mib": 24105}
+    config = service.serving_config(hardware, MODEL, SETTINGS)
+    assert config["device_map"] == ["cpu"]
+    assert config["max_memory"] == {"cpu": "23081MiB"}
+    assert config["tensor_parallel_degree"] == 1
+    assert config["n_gpu_layers"] == 0
+    assert config["context_length"] == 4096
+    args = service.llama_server_args(config, "/etc/llmfleet/api-key")
+    assert args[:2] == ["--model", "${MODEL_PATH}"]
+    assert "--metrics" in args
+    assert args[-2:] == ["--api-key-file", "/etc/llmfleet/api-key"]
+    assert "--tensor-split" not in args
+
+
+def test_two_gpu_host_splits_by_vram_minus_headroom() -> None:
+    hardware = {
+        "driver_loaded": True,
+        "memory_total_mib": 262144,
+        "gpus": [
+            {"index": 0, "usable_vram_mib": 24564},
+            {"index": 1, "usable_vram_mib": 12288},
+        ],
+    }
+    config = service.serving_config(hardware, MODEL, {**SETTINGS, "context_length": 2048})
+    assert config["device_map"] == ["cuda:0", "cuda:1"]
+    assert config["max_memory"] == {"cuda:0": "23540MiB", "cuda:1": "11264MiB"}
+    assert config["tensor_parallel_degree"] == 2
+    assert config["n_gpu_layers"] == 999
+    assert config["context_length"] == 2048
+    args = service.llama_server_args(config)
+    assert args[args.index("--tensor-split") + 1] == "0.6764,0.3236"
+    assert "--api-key-file" not in args
+
+
+def test_gpus_without_a_loaded_driver_serve_on_the_cpu() -> None:
+    hardware = {
+        "driver_loaded": False,
+        "memory_total_mib": 4096,
+        "gpus": [{"index": 0, "usable_vram_mib": None}],
+    }
+    assert service.serving_config(hardware, MODEL, SETTINGS)["device_map"] == ["cpu"]
