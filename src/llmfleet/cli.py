@@ -80,6 +80,75 @@ def cmd_bundle_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_api_key(args: argparse.Namespace) -> str | None:
+    """The API key from --api-key-file, else $LLMFLEET_API_KEY, else None. Raises ValueError."""
+    if args.api_key_file:
+        path = Path(args.api_key_file)
+        try:
+            key = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read the API key file {path}: {exc.strerror}") from None
+        if not key:
+            raise ValueError(f"the API key file {path} is empty")
+        return key
+    return os.environ.get("LLMFLEET_API_KEY", "").strip() or None
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from llmfleet.bench import (
+        BenchConfig,
+        all_failed_levels,
+        chat_url,
+        format_report,
+        parse_concurrency,
+        run_benchmark,
+    )
+
+    try:
+        chat_url(args.endpoint)
+        concurrency = parse_concurrency(args.concurrency)
+        api_key = _bench_api_key(args)
+        for name in ("requests", "max_tokens"):
+            if getattr(args, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be 1 or more")
+        if args.timeout <= 0 or args.time_limit <= 0:
+            raise ValueError("--timeout and --time-limit must be more than 0 seconds")
+    except ValueError as exc:
+        print(f"llmfleet bench: {exc}", file=sys.stderr)
+        return 2
+    config = BenchConfig(
+        endpoint=args.endpoint,
+        concurrency=concurrency,
+        requests=args.requests,
+        max_tokens=args.max_tokens,
+        prompt=args.prompt,
+        timeout_s=args.timeout,
+        time_limit_s=args.time_limit,
+        model=args.model,
+        warmup=not args.no_warmup,
+        api_key=api_key,
+    )
+
+    def progress(line: str) -> None:
+        if not args.quiet:
+            print(f"bench: {line}", file=sys.stderr, flush=True)
+
+    document = run_benchmark(config, progress=progress)
+    print(format_report(document))
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    failed = all_failed_levels(document)
+    if failed:
+        levels = ", ".join(str(level) for level in failed)
+        print(f"FAILED: every request failed at concurrency {levels}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def add_bundle_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     bundle = commands.add_parser(
         "bundle", help="build or verify the offline bundle (apt repos, files, models)"
@@ -124,6 +193,69 @@ def add_bundle_parser(commands: argparse._SubParsersAction) -> None:  # type: ig
     verify.set_defaults(func=cmd_bundle_verify)
 
 
+def add_bench_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from llmfleet import bench
+
+    parser = commands.add_parser(
+        "bench",
+        help="measure an OpenAI-compatible endpoint: latency, time to first token, tokens/s",
+        description="Send a warm-up request, then up to --requests streaming chat completions "
+        "at each concurrency level (none started after --time-limit), and print p50/p99 "
+        "latency and time to first token, tokens/s and requests/s per level. Percentiles "
+        f"use {bench.PERCENTILE_METHOD}. Exit 1 when every request of a level failed.",
+    )
+    parser.add_argument(
+        "endpoint", metavar="ENDPOINT", help="the server, e.g. http://10.0.0.5:8080"
+    )
+    parser.add_argument(
+        "--concurrency",
+        default=",".join(str(level) for level in bench.DEFAULT_CONCURRENCY),
+        metavar="N[,N...]",
+        help="concurrency levels, comma-separated (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=bench.DEFAULT_REQUESTS,
+        metavar="N",
+        help="requests per level (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        default=bench.DEFAULT_MAX_TOKENS,
+        metavar="N",
+        help="max_tokens of each request (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--prompt", default=bench.DEFAULT_PROMPT, metavar="TEXT", help="the user message"
+    )
+    parser.add_argument("--model", metavar="NAME", help="the request's model field (optional)")
+    parser.add_argument(
+        "--api-key-file",
+        metavar="PATH",
+        help="file holding the API key (default: $LLMFLEET_API_KEY; never printed)",
+    )
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=bench.DEFAULT_TIMEOUT_S,
+        metavar="S",
+        help="seconds one request may take, stream included (default: %(default)g)",
+    )
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=bench.DEFAULT_TIME_LIMIT_S,
+        metavar="S",
+        help="seconds after which a level starts no more requests (default: %(default)g)",
+    )
+    parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up request")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    parser.set_defaults(func=cmd_bench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmfleet", description=__doc__)
     parser.add_argument("--version", action="version", version=f"llmfleet {__version__}")
@@ -136,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.set_defaults(func=cmd_report)
     add_bundle_parser(commands)
+    add_bench_parser(commands)
     return parser
 
 
