@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The README's two commands, on a Debian 12 machine as root:
 #
-#   scripts/dev.sh local [ansible-playbook args]   prepare this machine, start a disposable
-#                                                  local host container, run site.yml against it
+#   scripts/dev.sh local [ansible-playbook args]   prepare this machine, build the CI bundle,
+#                                                  start a disposable mirror and host, run
+#                                                  site.yml, print a served completion
 #   scripts/dev.sh test  [pytest args]             the whole test suite: lint, unit tests,
 #                                                  Molecule scenarios (what CI runs)
 #
@@ -87,23 +88,53 @@ systemd_container_flags=(
 
 run_local() {
   prepare
-  local host=llmfleet-local
-  say "starting the disposable local host container $host"
-  docker rm -f "$host" >/dev/null 2>&1 || true
-  docker run -d --name "$host" --hostname "$host" "${systemd_container_flags[@]}" \
-    "$LLMFLEET_TEST_IMAGE" >/dev/null
+  say "the CI bundle (scripts/ci-bundle.sh: built once, then reused)"
+  scripts/ci-bundle.sh >/dev/null
+  local network=llmfleet-local mirror=llmfleet-mirror host=llmfleet-local
+  say "starting the disposable containers $mirror and $host on the internal network $network"
+  docker rm -f "$mirror" "$host" >/dev/null 2>&1 || true
+  docker network rm "$network" >/dev/null 2>&1 || true
+  docker network create --internal "$network" >/dev/null
+  mkdir -p "$LLMFLEET_CACHE/ccache"
+  docker run -d --name "$mirror" --hostname "$mirror" --network "$network" \
+    "${systemd_container_flags[@]}" "$LLMFLEET_TEST_IMAGE" >/dev/null
+  # The host compiles llama.cpp once; its compiler cache stays on this machine.
+  docker run -d --name "$host" --hostname "$host" --network "$network" \
+    -v "$LLMFLEET_CACHE/ccache:/var/cache/llmfleet/ccache" \
+    "${systemd_container_flags[@]}" "$LLMFLEET_TEST_IMAGE" >/dev/null
   if [[ ${LLMFLEET_KEEP:-0} != 1 ]]; then
-    trap 'docker rm -f '"$host"' >/dev/null 2>&1 || true' EXIT
+    trap 'docker rm -f '"$mirror $host"' >/dev/null 2>&1; docker network rm '"$network"' >/dev/null 2>&1 || true' EXIT
   fi
-  for _ in $(seq 60); do
-    state=$(docker exec "$host" systemctl is-system-running 2>/dev/null || true)
-    [[ $state == running || $state == degraded ]] && break
-    sleep 1
+  for name in "$mirror" "$host"; do
+    for _ in $(seq 60); do
+      state=$(docker exec "$name" systemctl is-system-running 2>/dev/null || true)
+      [[ $state == running || $state == degraded ]] && break
+      sleep 1
+    done
   done
   say "ansible-playbook site.yml -i inventories/local"
   ansible-playbook -i inventories/local site.yml "$@"
   say "hardware report (llmfleet report, from the fact cache)"
   llmfleet report --facts .cache/facts
+  say "the endpoint, from the host itself"
+  docker exec -i "$host" python3 - <<'PY'
+import json, time, urllib.request
+base = "http://127.0.0.1:8080"
+with urllib.request.urlopen(base + "/health", timeout=10) as response:
+    print(f"endpoint  {base} (on llmfleet-local)")
+    print(f"/health   {response.status} {response.read().decode().strip()}")
+body = {"messages": [{"role": "user", "content": "Name one planet of the solar system."}],
+        "max_tokens": 32, "temperature": 0}
+request = urllib.request.Request(base + "/v1/chat/completions", data=json.dumps(body).encode(),
+                                  headers={"Content-Type": "application/json"})
+start = time.monotonic()
+with urllib.request.urlopen(request, timeout=120) as response:
+    answer = json.load(response)
+elapsed = time.monotonic() - start
+print(f"model     {answer.get('model')}")
+print(f"reply     {answer['choices'][0]['message']['content'].strip()!r}")
+print(f"latency   {elapsed * 1000:.0f} ms for {answer['usage']['completion_tokens']} tokens")
+PY
 }
 
 run_tests() {
