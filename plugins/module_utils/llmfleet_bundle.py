@@ -50,7 +50,7 @@ def _artifact_problem(artifact: Any) -> str | None:
 
 
 def index_artifacts(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Artifacts by logical name, each with path, sha256, size and kind."""
+    """Artifacts by logical name, each with path, sha256, size and kind (images: and tag)."""
     index: dict[str, dict[str, Any]] = {}
     for artifact in manifest["artifacts"]:
         name = artifact["name"]
@@ -62,6 +62,8 @@ def index_artifacts(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "size": artifact.get("size"),
             "kind": artifact.get("kind"),
         }
+        if artifact.get("tag"):
+            index[name]["tag"] = artifact["tag"]
     return index
 
 

@@ -26,6 +26,7 @@ def cmd_bundle_build(args: argparse.Namespace) -> int:
     from llmfleet.bundle.apt_repo import AptError
     from llmfleet.bundle.build import BuildError, build_bundle
     from llmfleet.bundle.fetch import Fetcher, FetchError, progress_stream
+    from llmfleet.bundle.images import ImageError
     from llmfleet.bundle.signing import SigningError, default_signing_home
     from llmfleet.bundle.spec import SpecError, load_spec
 
@@ -47,7 +48,7 @@ def cmd_bundle_build(args: argparse.Namespace) -> int:
             quiet=args.quiet,
             fetcher=fetcher,
         )
-    except (BuildError, FetchError, AptError, SigningError) as exc:
+    except (BuildError, FetchError, AptError, SigningError, ImageError) as exc:
         print(f"bundle build failed: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

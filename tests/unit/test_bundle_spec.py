@@ -90,12 +90,15 @@ def test_a_good_spec_parses_with_defaults_and_expansion() -> None:
     assert spec.files[1].extract == "pkg/model.gguf"
 
 
-@pytest.mark.parametrize("name", ["ci.yml", "ubuntu-22.04-site.yml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "bundles").glob("*.yml")))
 def test_the_shipped_specs_are_valid(name: str) -> None:
     spec = load_spec(REPO / "bundles" / name, ENV)
     assert spec.files and spec.apt
     names = {entry.name for entry in spec.files}
-    assert {"llama-cpp-source", "model-smollm2-135m-instruct"} <= names
+    assert "llama-cpp-source" in names
+    for image in spec.images:
+        assert (image.context / image.dockerfile).is_file()
+        assert set(image.files) <= names
 
 
 def test_the_site_spec_checks_every_key_it_fetches_by_fingerprint() -> None:
@@ -192,7 +195,7 @@ def test_duplicate_apt_names_and_an_empty_spec() -> None:
     data["apt"].append(copy.deepcopy(data["apt"][0]))
     assert any("apt: name 'debian12' is used by more than one entry" in p for p in problems(data))
     assert problems({"name": "x"}) == [
-        "spec.yml: the spec has neither apt nor files: nothing to bundle"
+        "spec.yml: the spec has neither apt, files nor images: nothing to bundle"
     ]
 
 

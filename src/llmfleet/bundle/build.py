@@ -6,6 +6,7 @@ Layout of DIR (a contract with the roles that serve and install it)::
     keys/llmfleet-bundle.gpg, keys/llmfleet-bundle.asc     the bundle's PUBLIC key
     apt/<repo>/                                            flat signed apt repo per spec entry
     files/..., models/..., images/...                      files at the spec's dest
+    images/<name>.tar                                      `docker save` archives of spec images
     .cache/                                                the build cache (not part of the bundle)
 
 Incremental: downloads are cached by sha256 (`<cache>/downloads`), apt's archives and lists
@@ -35,6 +36,7 @@ from llmfleet.bundle.fetch import (
     place,
     write_atomic,
 )
+from llmfleet.bundle.images import ensure_image
 from llmfleet.bundle.manifest import (
     CACHE_DIR,
     KEY_ARMORED,
@@ -139,6 +141,8 @@ def require_tools(spec: Spec) -> None:
     needed = {"gpg": "gnupg", "gpgv": "gpgv", "gpgconf": "gnupg"}
     if spec.apt:
         needed |= {"docker": "docker.io", "apt-ftparchive": "apt-utils"}
+    if spec.images:
+        needed |= {"docker": "docker.io"}
     missing = [f"{tool} (Debian package {pkg})" for tool, pkg in needed.items() if not _which(tool)]
     if missing:
         raise BuildError(f"missing on this machine: {', '.join(missing)}")
@@ -209,6 +213,19 @@ def _build(spec: Spec, ctx: _Context, signer: Signer) -> BuildResult:
     known = artifacts_by_path(previous)
     for entry in spec.files:
         artifacts.append(ensure_file(entry, ctx, known.get(entry.dest)))
+    files = {artifact.name: artifact for artifact in artifacts if artifact.kind == "file"}
+    for image in spec.images:
+        artifacts.append(
+            ensure_image(
+                image,
+                ctx.output,
+                ctx.staging,
+                files,
+                known.get(image.dest),
+                ctx.say,
+                ctx.hashes.sha256,
+            )
+        )
     sections = []
     for repo in spec.apt:
         section, repo_artifacts = build_repo(repo, spec.name, ctx, signer)

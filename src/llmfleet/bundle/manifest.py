@@ -23,7 +23,7 @@ KEY_ARMORED = "keys/llmfleet-bundle.asc"
 #: Files under the bundle that are not artifacts (the manifest itself and the build cache).
 NOT_ARTIFACTS = (MANIFEST, SIGNATURE, SUMS)
 CACHE_DIR = ".cache"
-KINDS = ("file", "deb", "key", "apt-index")
+KINDS = ("file", "deb", "key", "apt-index", "image")
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,9 @@ class Artifact:
     source: str
     member: str | None = None
     archive_sha256: str | None = None
+    #: images: the tag `docker load` restores and the sha256 of the build's inputs
+    tag: str | None = None
+    inputs_sha256: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         entry: dict[str, Any] = {
@@ -51,6 +54,9 @@ class Artifact:
         if self.member is not None:
             entry["member"] = self.member
             entry["archive_sha256"] = self.archive_sha256
+        if self.tag is not None:
+            entry["tag"] = self.tag
+            entry["inputs_sha256"] = self.inputs_sha256
         return entry
 
 

