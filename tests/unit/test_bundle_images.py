@@ -99,6 +99,7 @@ def test_an_image_is_built_once_then_reused(tmp_path: Path) -> None:
             assert (Path(argv[-1]) / "s").read_text() == "source"
         if argv[1] == "save":
             Path(argv[3]).write_bytes(b"image archive")
+            Path(argv[3]).chmod(0o600)  # as docker save leaves it
 
     def sha(path: Path) -> str:
         return "sha-of-" + path.read_text()
@@ -106,7 +107,9 @@ def test_an_image_is_built_once_then_reused(tmp_path: Path) -> None:
     first = ensure_image(image, output, staging, files, None, lambda _m: None, sha, docker)
     assert [argv[1] for argv in calls] == ["build", "save"]
     assert first.sha256 == "sha-of-image archive" and first.tag == image.tag
-    assert (output / "images" / "engine.tar").read_bytes() == b"image archive"
+    archive = output / "images" / "engine.tar"
+    assert archive.read_bytes() == b"image archive"
+    assert archive.stat().st_mode & 0o777 == 0o644, "the mirror's nginx must be able to read it"
     again = ensure_image(image, output, staging, files, first.to_dict(), print, sha, docker)
     assert len(calls) == 2, "an unchanged image must not be rebuilt"
     assert again == first

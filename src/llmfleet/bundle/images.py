@@ -101,6 +101,7 @@ def ensure_image(
         run(docker_build_argv(entry, context))
         temp = staging / f"{entry.name}.tar"
         run(["docker", "save", "--output", str(temp), entry.tag])
+        temp.chmod(0o644)  # docker save writes 0600; the mirror's web server must read it
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(temp, dest)
     finally:
