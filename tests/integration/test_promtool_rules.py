@@ -1,0 +1,208 @@
+"""The default alert rules, compiled from group_vars/all/alerts.yml, checked and tested by promtool.
+
+promtool comes from scripts/debian-tool.sh (PATH, else Debian's `prometheus` package unpacked
+under $LLMFLEET_CACHE/tools; never installed). The fixtures compile the real default rules
+with the monitoring role's catalog into a tmp dir next to copies of tests/rules/*.test.yml,
+then `promtool test rules` shows each default rule firing after its duration above its
+threshold, not before and not below. playbooks/render_alert_rules.yml is run as operators
+run it: with the example and the default inventory, with host overrides, and with mistakes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from ansible.parsing.dataloader import DataLoader
+
+REPO = Path(__file__).resolve().parents[2]
+RULE_TESTS = REPO / "tests" / "rules"
+ALERTS_FILE = REPO / "group_vars" / "all" / "alerts.yml"
+CATALOG_FILE = REPO / "roles" / "monitoring" / "vars" / "main.yml"
+PLAYBOOK = REPO / "playbooks" / "render_alert_rules.yml"
+
+#: The overrides tests/rules/overrides.test.yml is written for.
+OVERRIDES_BY_HOST: dict[str, Any] = {
+    "gpu-std": {},
+    "gpu-big": {
+        "gpu_utilization": {"threshold": "97%", "duration": "10min", "action": "trigger_rollback"}
+    },
+    "gpu-lab": {"gpu_utilization": {"enabled": False}},
+}
+
+spec = importlib.util.spec_from_file_location(
+    "llmfleet_alerts_filters", REPO / "plugins" / "filter" / "llmfleet_alerts.py"
+)
+assert spec and spec.loader
+alerts = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(alerts)
+
+
+def plain(data: Any) -> Any:
+    """Ansible's tagged strings as plain ones, for yaml.safe_dump."""
+    return json.loads(json.dumps(data))
+
+
+def load(path: Path) -> dict[str, Any]:
+    """A vars file as Ansible reads it (`!unsafe` included)."""
+    return DataLoader().load_from_file(str(path))
+
+
+@pytest.fixture(scope="module")
+def defaults() -> dict[str, Any]:
+    catalog = load(CATALOG_FILE)
+    return {
+        "rules": load(ALERTS_FILE)["llmfleet_alert_rules"],
+        "catalog": catalog["monitoring_alert_catalog"],
+        "recording": catalog["monitoring_recording_rules"],
+    }
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory: pytest.TempPathFactory, defaults: dict[str, Any]) -> Path:
+    """A folder with the compiled default rules (plain and overridden) and the promtool tests."""
+    folder = tmp_path_factory.mktemp("rules")
+    for name, overrides in (
+        ("llmfleet.rules.yml", None),
+        ("llmfleet-overrides.rules.yml", OVERRIDES_BY_HOST),
+    ):
+        document = alerts.rules_file(
+            defaults["rules"], defaults["catalog"], defaults["recording"], overrides
+        )
+        (folder / name).write_text(yaml.safe_dump(plain(document), sort_keys=False))
+    for test_file in RULE_TESTS.glob("*.test.yml"):
+        shutil.copy(test_file, folder / test_file.name)
+    return folder
+
+
+def run(command: list[str], cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False)
+
+
+def test_the_compiled_rules_pass_promtool_check(promtool: str, compiled: Path) -> None:
+    for name in ("llmfleet.rules.yml", "llmfleet-overrides.rules.yml"):
+        result = run([promtool, "check", "rules", str(compiled / name)])
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "SUCCESS" in result.stdout
+
+
+def test_every_default_rule_has_a_promtool_test(defaults: dict[str, Any]) -> None:
+    """Each default alert has a case where it fires and one where it must not yet."""
+    fired: set[str] = set()
+    quiet: set[str] = set()
+    for test_file in RULE_TESTS.glob("*.test.yml"):
+        for group in yaml.safe_load(test_file.read_text())["tests"]:
+            for case in group.get("alert_rule_test", []):
+                (fired if case.get("exp_alerts") else quiet).add(case["alertname"])
+    expected = {alerts.alert_name(rule.get("name", rule["metric"])) for rule in defaults["rules"]}
+    assert len(expected) == 12
+    assert expected - (fired & quiet) == set(), "default rules without a fire/no-fire test"
+
+
+@pytest.mark.parametrize("test_file", sorted(p.name for p in RULE_TESTS.glob("*.test.yml")))
+def test_promtool_unit_tests_pass(promtool: str, compiled: Path, test_file: str) -> None:
+    result = run([promtool, "test", "rules", test_file], cwd=compiled)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_promtool_tests_fail_when_a_threshold_moves(
+    promtool: str, compiled: Path, tmp_path: Path
+) -> None:
+    """The tests are sharp: a gpu_utilization threshold of 96% instead of 90% fails them."""
+    text = (compiled / "llmfleet.rules.yml").read_text()
+    moved = text.replace("/ 100) > 0.9\n", "/ 100) > 0.96\n", 1)
+    assert moved != text
+    (tmp_path / "llmfleet.rules.yml").write_text(moved)
+    shutil.copy(RULE_TESTS / "resources.test.yml", tmp_path)
+    result = run([promtool, "test", "rules", "resources.test.yml"], cwd=tmp_path)
+    assert result.returncode != 0
+    assert "LlmfleetGpuUtilization" in result.stdout + result.stderr
+
+
+# --------------------------------------------------------------------------- the playbook
+
+
+def playbook(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    binary = Path(sys.executable).parent / "ansible-playbook"
+    env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
+    return subprocess.run(
+        [str(binary), str(PLAYBOOK), *args], cwd=cwd, capture_output=True, text=True,
+        check=False, env=env,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("inventory", ["inventories/example/hosts.yml", None])
+def test_render_playbook_writes_the_compiled_rules(
+    promtool: str, compiled: Path, tmp_path: Path, inventory: str | None
+) -> None:
+    dest = tmp_path / "out" / "llmfleet.rules.yml"
+    (tmp_path / "out").mkdir()
+    args = ["-i", inventory] if inventory else []
+    result = playbook(*args, "-e", f"llmfleet_alert_rules_dest={dest}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert run([promtool, "check", "rules", str(dest)]).returncode == 0
+    written = yaml.safe_load(dest.read_text())
+    expected = yaml.safe_load((compiled / "llmfleet.rules.yml").read_text())
+    assert written == expected
+    assert dest.read_text().startswith("#")  # the ansible_managed header
+
+
+def test_render_playbook_fails_without_a_destination() -> None:
+    result = playbook("-i", "inventories/example/hosts.yml")
+    assert result.returncode != 0
+    assert "llmfleet_alert_rules_dest is missing" in result.stdout
+
+
+def write_inventory(folder: Path, host_vars: dict[str, Any], group_vars: dict[str, Any]) -> Path:
+    hosts = {
+        "all": {"children": {"fleet": {"hosts": {"gpu-a": None, "gpu-b": None, "gpu-c": None}}}}
+    }
+    (folder / "hosts.yml").write_text(yaml.safe_dump(hosts))
+    for kind, entries in (("host_vars", host_vars), ("group_vars", group_vars)):
+        (folder / kind).mkdir()
+        for name, data in entries.items():
+            (folder / kind / f"{name}.yml").write_text(yaml.safe_dump(data))
+    return folder / "hosts.yml"
+
+
+def test_render_playbook_compiles_group_and_host_overrides(promtool: str, tmp_path: Path) -> None:
+    inventory = write_inventory(
+        tmp_path,
+        host_vars={"gpu-c": {"llmfleet_alert_overrides": {"qps": {"threshold": 200}}}},
+        group_vars={"fleet": {"llmfleet_alert_overrides": {"qps": {"threshold": 80}}}},
+    )
+    dest = tmp_path / "rules.yml"
+    result = playbook("-i", str(inventory), "-e", f"llmfleet_alert_rules_dest={dest}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert run([promtool, "check", "rules", str(dest)]).returncode == 0
+    groups = {group["name"]: group["rules"] for group in yaml.safe_load(dest.read_text())["groups"]}
+    qps = [rule["expr"] for rule in groups["llmfleet-alerts"] if rule["alert"] == "LlmfleetQps"]
+    assert qps == [
+        'llmfleet:requests:rate1m{instance!~"gpu-c"} > 80',
+        'llmfleet:requests:rate1m{instance=~"gpu-c"} > 200',
+    ]
+
+
+def test_render_playbook_fails_on_a_bad_rule_before_writing(tmp_path: Path) -> None:
+    inventory = write_inventory(
+        tmp_path,
+        host_vars={
+            "gpu-b": {"llmfleet_alert_overrides": {"gpu_utilization": {"threshold": "500ms"}}}
+        },
+        group_vars={},
+    )
+    dest = tmp_path / "rules.yml"
+    result = playbook("-i", str(inventory), "-e", f"llmfleet_alert_rules_dest={dest}")
+    assert result.returncode != 0
+    assert "gpu-b: gpu_utilization: threshold '500ms' is a time" in result.stdout
+    assert "takes a percentage" in result.stdout
+    assert not dest.exists()

@@ -1,0 +1,471 @@
+"""Alert rules as data: parsing, validation messages, overrides and the compiled shape."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ansible.errors import AnsibleFilterError
+from ansible.parsing.dataloader import DataLoader
+
+REPO = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location(
+    "llmfleet_alerts_filters", REPO / "plugins" / "filter" / "llmfleet_alerts.py"
+)
+assert spec and spec.loader
+alerts = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(alerts)
+
+CATALOG: dict[str, Any] = DataLoader().load_from_file(
+    str(REPO / "roles" / "monitoring" / "vars" / "main.yml")
+)["monitoring_alert_catalog"]
+DEFAULT_RULES: list[dict[str, Any]] = DataLoader().load_from_file(
+    str(REPO / "group_vars" / "all" / "alerts.yml")
+)["llmfleet_alert_rules"]
+
+
+def rule(**changes: Any) -> dict[str, Any]:
+    base = {"metric": "gpu_utilization", "threshold": "90%", "duration": "5min", "action": "notify"}
+    return {**base, **changes}
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "value"),
+    [
+        ("90%", "ratio", "0.9"),
+        ("0.1%", "ratio", "0.001"),
+        ("500ms", "seconds", "0.5"),
+        ("2s", "seconds", "2"),
+        ("1min", "seconds", "60"),
+        ("2GiB", "bytes", "2147483648"),
+        ("512MiB", "bytes", "536870912"),
+        ("1.5GB", "bytes", "1500000000"),
+        (100, "number", "100"),
+        (1.8, "number", "1.8"),
+        ("6000", "number", "6000"),
+        ("1e3", "number", "1000"),
+    ],
+)
+def test_parse_threshold_to_base_units(text: Any, kind: str, value: str) -> None:
+    parsed = alerts.parse_threshold(text)
+    assert (parsed["kind"], parsed["value"], parsed["comparison"]) == (kind, value, None)
+
+
+def test_parse_threshold_keeps_a_leading_comparison_and_the_text() -> None:
+    parsed = alerts.parse_threshold("<= 10 %")
+    assert parsed == {"text": "10 %", "comparison": "<=", "kind": "ratio", "value": "0.1"}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("ninety", "does not parse"),
+        ("90%%", "does not parse"),
+        ("5 parsecs", "unknown unit 'parsecs'"),
+        (True, "is not a value"),
+        ("", "does not parse"),
+    ],
+)
+def test_parse_threshold_refuses_what_it_cannot_read(text: Any, message: str) -> None:
+    with pytest.raises(alerts.RuleError, match=message):
+        alerts.parse_threshold(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "promql", "seconds"),
+    [
+        ("5min", "5m", "300"),
+        ("1min", "1m", "60"),
+        ("1m", "1m", "60"),
+        ("30s", "30s", "30"),
+        ("90s", "90s", "90"),
+        ("1.5h", "90m", "5400"),
+        ("1h30m", "90m", "5400"),
+        ("2 hours", "2h", "7200"),
+        ("1d", "24h", "86400"),
+        ("1500ms", "1500ms", "1.5"),
+        ("0s", "0s", "0"),
+    ],
+)
+def test_parse_duration_to_one_prometheus_unit(text: str, promql: str, seconds: str) -> None:
+    parsed = alerts.parse_duration(text)
+    assert (parsed["promql"], parsed["seconds"], parsed["text"]) == (promql, seconds, text)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (5, "has no unit"),
+        ("5", "has no unit"),
+        ("5 fortnights", "unknown unit 'fortnights'"),
+        ("5min soon", "does not parse"),
+        ("min5", "does not parse"),
+        ("0.5ms", "finer than a millisecond"),
+        ("10us", "unknown unit 'us'"),
+    ],
+)
+def test_parse_duration_refuses_what_it_cannot_read(text: Any, message: str) -> None:
+    with pytest.raises(alerts.RuleError, match=message):
+        alerts.parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "action"),
+    [
+        ("send_notification", "notify"),
+        ("notify", "notify"),
+        ("Send-Notification", "notify"),
+        ("trigger_rollback", "rollback"),
+        ("rollback", "rollback"),
+        ("trigger rollback", "rollback"),
+    ],
+)
+def test_normalize_action(text: str, action: str) -> None:
+    assert alerts.normalize_action(text) == action
+
+
+def test_normalize_action_lists_the_allowed_ones() -> None:
+    with pytest.raises(alerts.RuleError) as caught:
+        alerts.normalize_action("page_oncall")
+    assert str(caught.value) == (
+        "action 'page_oncall' is unknown; allowed: notify, send_notification, rollback, "
+        "trigger_rollback"
+    )
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def test_the_default_rules_validate_and_cover_the_catalog() -> None:
+    normalized = alerts.validate_rules(DEFAULT_RULES, CATALOG)
+    assert [r["metric"] for r in normalized] == [
+        "gpu_utilization", "gpu_memory_free", "swap_rate", "qps", "p99_latency", "batch_size",
+        "queue_depth", "input_length_p95", "refusal_rate", "error_rate", "oom_error_rate",
+        "endpoint_down",
+    ]  # fmt: skip
+    assert {r["metric"] for r in normalized} == set(CATALOG)
+    first, oom = normalized[0], normalized[10]
+    assert (first["threshold"]["value"], first["duration"]["promql"], first["action"]) == (
+        "0.9", "5m", "notify",
+    )  # fmt: skip
+    assert (oom["threshold"]["value"], oom["duration"]["promql"], oom["action"]) == (
+        "0.001", "1m", "rollback",
+    )  # fmt: skip
+
+
+def problems_of(rules: list[Any]) -> str:
+    with pytest.raises(AnsibleFilterError) as caught:
+        alerts.validate_rules(rules, CATALOG)
+    return str(caught.value)
+
+
+def test_an_unknown_metric_lists_the_known_ones() -> None:
+    message = problems_of([rule(metric="gpu_temp")])
+    assert "rule 1 (gpu_temp): metric gpu_temp is not in the catalog; known: " in message
+    assert "batch_size, endpoint_down, error_rate, gpu_memory_free, gpu_utilization" in message
+    assert "(or give the rule its own PromQL in expr)" in message
+
+
+def test_a_unit_that_does_not_fit_the_metric_says_what_fits() -> None:
+    message = problems_of([rule(threshold="500ms")])
+    assert (
+        "rule 1 (gpu_utilization): threshold '500ms' is a time, "
+        "but gpu_utilization takes a percentage (e.g. 90%, 0.1%)"
+    ) in message
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"metric": "p99_latency", "threshold": "90%"}, "p99_latency takes a time (e.g. 500ms"),
+        ({"metric": "gpu_memory_free", "threshold": 512}, "gpu_memory_free takes a size"),
+        ({"metric": "qps", "threshold": "50%"}, "qps takes a plain number"),
+        ({"threshold": 0.9}, "gpu_utilization takes a percentage"),
+    ],
+)
+def test_unit_kinds_are_checked_per_metric(changes: dict[str, Any], expected: str) -> None:
+    assert expected in problems_of([rule(**changes)])
+
+
+def test_every_problem_of_every_rule_is_listed_at_once() -> None:
+    message = problems_of(
+        [
+            rule(duration="five minutes", action="page"),
+            rule(name="gpu_hot", threshold="lots", severity="urgent", colour="red"),
+            rule(metric="qps", threshold=None),
+            "gpu_utilization > 90%",
+        ]
+    )
+    assert message.startswith("llmfleet_alert_rules has 7 problem(s):")
+    assert "rule 1 (gpu_utilization): duration 'five minutes' does not parse" in message
+    assert "rule 1 (gpu_utilization): action 'page' is unknown" in message
+    assert "rule 2 (gpu_hot): has unknown keys colour; allowed: metric, name," in message
+    assert "rule 2 (gpu_hot): threshold 'lots' does not parse" in message
+    assert (
+        "rule 2 (gpu_hot): severity 'urgent' is unknown; allowed: info, warning, critical"
+        in message
+    )
+    assert "rule 3 (qps): threshold is missing; qps takes a plain number" in message
+    assert "rule 4: is not a mapping" in message
+
+
+def test_two_rules_of_one_metric_need_their_own_names() -> None:
+    message = problems_of([rule(), rule(threshold="98%")])
+    assert "rule 2 (gpu_utilization): the name gpu_utilization is taken by rule 1" in message
+    named = alerts.validate_rules([rule(), rule(name="gpu_saturated", threshold="98%")], CATALOG)
+    assert [r["name"] for r in named] == ["gpu_utilization", "gpu_saturated"]
+
+
+def test_a_rule_with_its_own_expr_skips_the_catalog() -> None:
+    [custom] = alerts.validate_rules(
+        [rule(metric="gpu_temperature", expr='max by (instance) (DCGM_FI_DEV_GPU_TEMP{job="node"})',
+              threshold=85, severity="critical")],
+    CATALOG)  # fmt: skip
+    assert custom["catalog"] is False
+    assert custom["unit"] == "number"
+    assert custom["summary"] == (
+        "gpu_temperature on {{ $labels.instance }} is {{ $value | humanize }}"
+    )
+    [compiled] = alerts.compile_alerts([rule(metric="gpu_temperature", threshold=85,
+                                             expr="DCGM_FI_DEV_GPU_TEMP")], CATALOG)  # fmt: skip
+    assert compiled["expr"] == "DCGM_FI_DEV_GPU_TEMP > 85"
+    assert compiled["labels"]["metric"] == "gpu_temperature"
+
+
+def test_an_expr_must_not_hold_the_comparison() -> None:
+    message = problems_of([rule(metric="hot", expr="DCGM_FI_DEV_GPU_TEMP > 85", threshold=1)])
+    assert "expr holds the comparison >; write only the value there" in message
+
+
+def test_endpoint_down_takes_the_catalog_threshold() -> None:
+    [down] = alerts.compile_alerts(
+        [{"metric": "endpoint_down", "duration": "1m", "action": "notify"}], CATALOG
+    )
+    assert down["expr"] == 'up{job="llmfleet-frontdoor"} == 0'
+
+
+# --------------------------------------------------------------------------- compile
+
+
+def test_the_compiled_alert_carries_labels_and_annotations() -> None:
+    [alert] = alerts.compile_alerts([rule(action="send_notification")], CATALOG)
+    assert alert == {
+        "alert": "LlmfleetGpuUtilization",
+        "expr": '(DCGM_FI_DEV_GPU_UTIL{job="node"} / 100) > 0.9',
+        "for": "5m",
+        "labels": {
+            "metric": "gpu_utilization",
+            "action": "notify",
+            "severity": "warning",
+            "rule": "gpu_utilization",
+        },
+        "annotations": {
+            "summary": "GPU {{ $labels.gpu }} on {{ $labels.instance }} is "
+            "{{ $value | humanizePercentage }} busy",
+            "description": "gpu_utilization > 90% for 5min (rule gpu_utilization, action notify)",
+        },
+    }
+
+
+def test_every_default_alert_names_host_and_value_and_routes() -> None:
+    compiled = alerts.compile_alerts(DEFAULT_RULES, CATALOG)
+    assert len(compiled) == 12
+    for alert in compiled:
+        assert "{{ $labels.instance }}" in alert["annotations"]["summary"], alert["alert"]
+        assert "{{ $value" in alert["annotations"]["summary"], alert["alert"]
+        assert alert["labels"]["action"] in ("notify", "rollback")
+        assert alert["labels"]["severity"] in ("info", "warning", "critical")
+        assert alert["labels"]["metric"] in CATALOG
+
+
+def test_a_leading_comparison_turns_the_rule_round() -> None:
+    [alert] = alerts.compile_alerts(
+        [rule(metric="qps", threshold="< 1", duration="30min")], CATALOG
+    )
+    assert alert["expr"] == "llmfleet:requests:rate1m < 1"
+    assert alert["annotations"]["description"].startswith("qps < 1 for 30min")
+
+
+def test_the_rules_file_holds_both_groups() -> None:
+    recording = [{"record": "llmfleet:requests:rate1m", "expr": "sum(up)"}]
+    document = alerts.rules_file([rule()], CATALOG, recording)
+    assert [group["name"] for group in document["groups"]] == [
+        "llmfleet-recording",
+        "llmfleet-alerts",
+    ]
+    assert document["groups"][0]["rules"] == recording
+    assert document["groups"][1]["rules"][0]["alert"] == "LlmfleetGpuUtilization"
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def exprs(compiled: list[dict[str, Any]], name: str) -> list[tuple[str, str, str]]:
+    return [(a["expr"], a["for"], a["labels"]["action"]) for a in compiled if a["alert"] == name]
+
+
+def test_host_overrides_compile_to_one_rule_per_variant() -> None:
+    compiled = alerts.compile_alerts(
+        [rule()],
+        CATALOG,
+        {
+            "gpu-a": {},
+            "gpu-b": None,
+            "gpu-c": {"gpu_utilization": {"threshold": "97%", "duration": "10min"}},
+            "gpu-d": {"gpu_utilization": {"threshold": "97%", "duration": "10min"}},
+            "gpu-e": {"gpu_utilization": {"action": "trigger_rollback"}},
+            "gpu-f": {"gpu_utilization": {"enabled": False}},
+        },
+    )
+    assert exprs(compiled, "LlmfleetGpuUtilization") == [
+        ('(DCGM_FI_DEV_GPU_UTIL{job="node",instance!~"gpu-c|gpu-d|gpu-e|gpu-f"} / 100) > 0.9',
+         "5m", "notify"),
+        ('(DCGM_FI_DEV_GPU_UTIL{job="node",instance=~"gpu-c|gpu-d"} / 100) > 0.97',
+         "10m", "notify"),
+        ('(DCGM_FI_DEV_GPU_UTIL{job="node",instance=~"gpu-e"} / 100) > 0.9', "5m", "rollback"),
+    ]  # fmt: skip
+
+
+def test_the_variant_most_hosts_share_is_the_catch_all() -> None:
+    group = {"qps": {"threshold": 80}}
+    compiled = alerts.compile_alerts(
+        [rule(metric="qps", threshold=50)],
+        CATALOG,
+        {"a": group, "b": group, "c": {"qps": {"threshold": 200}}},
+    )
+    assert exprs(compiled, "LlmfleetQps") == [
+        ('llmfleet:requests:rate1m{instance!~"c"} > 80', "5m", "notify"),
+        ('llmfleet:requests:rate1m{instance=~"c"} > 200', "5m", "notify"),
+    ]
+
+
+def test_a_rule_off_on_most_hosts_only_fires_on_the_rest() -> None:
+    off = {"batch_size": {"enabled": False}}
+    compiled = alerts.compile_alerts(
+        [rule(metric="batch_size", threshold=1.8)], CATALOG, {"a": off, "b": off, "c": {}}
+    )
+    [only] = compiled
+    assert only["expr"] == (
+        '(rate(llmfleet:engine_busy_slots:total{instance=~"c"}[5m]) / '
+        'rate(llamacpp:n_decode_total{job="llmfleet-engine",instance=~"c"}[5m])) > 1.8'
+    )
+
+
+def test_the_same_overrides_everywhere_need_no_instance_matcher() -> None:
+    same = {"gpu_utilization": {"threshold": "95%"}}
+    [alert] = alerts.compile_alerts([rule()], CATALOG, {"a": same, "b": same})
+    assert alert["expr"] == '(DCGM_FI_DEV_GPU_UTIL{job="node"} / 100) > 0.95'
+
+
+def test_an_override_keyed_by_metric_reaches_every_rule_of_it() -> None:
+    rules = [rule(), rule(name="gpu_saturated", threshold="98%", action="rollback")]
+    effective, problems = alerts.apply_overrides(
+        alerts.validate_rules(rules, CATALOG), {"gpu_utilization": {"duration": "15min"}}
+    )
+    assert problems == []
+    assert [r["duration"]["promql"] for r in effective] == ["15m", "5m"]
+    effective, _ = alerts.apply_overrides(
+        alerts.validate_rules(rules, CATALOG), {"gpu_saturated": {"duration": "15min"}}
+    )
+    assert [r["duration"]["promql"] for r in effective] == ["5m", "15m"]
+
+
+def test_bad_overrides_name_the_hosts_the_rule_and_what_is_allowed() -> None:
+    group = {"gpu_utilization": {"threshold": "500ms"}, "p99": {"threshold": "1s"}}
+    with pytest.raises(AnsibleFilterError) as caught:
+        alerts.compile_alerts(
+            DEFAULT_RULES,
+            CATALOG,
+            {"a": group, "b": group, "c": {"qps": {"treshold": 10, "action": "page"}}},
+        )
+    message = str(caught.value)
+    assert message.startswith("llmfleet_alert_overrides has 4 problem(s):")
+    assert (
+        "a, b: gpu_utilization: threshold '500ms' is a time, but gpu_utilization takes a "
+        "percentage (e.g. 90%, 0.1%)"
+    ) in message
+    assert "a, b: p99: no rule has this name or metric; rules: gpu_utilization," in message
+    assert "c: qps: unknown keys treshold; allowed: threshold, duration, action" in message
+    assert "c: qps: action 'page' is unknown" in message
+
+
+def test_overrides_by_host_reads_each_hosts_variable() -> None:
+    hostvars = {"a": {"llmfleet_alert_overrides": {"qps": {"enabled": False}}}, "b": {}, "c": {}}
+    assert alerts.overrides_by_host(hostvars, ["a", "b"]) == {
+        "a": {"qps": {"enabled": False}},
+        "b": {},
+    }
+
+
+# --------------------------------------------------------------------------- PromQL helpers
+
+
+@pytest.mark.parametrize(
+    ("expr", "restricted"),
+    [
+        ("up", 'up{instance=~"a"}'),
+        ('up{job="x"}', 'up{job="x",instance=~"a"}'),
+        ("up{}", 'up{instance=~"a"}'),
+        (
+            'sum by (instance, le) (rate(x_bucket{job="j"}[5m]))',
+            'sum by (instance, le) (rate(x_bucket{job="j",instance=~"a"}[5m]))',
+        ),
+        (
+            "a / on (instance) group_left (gpu) b offset 5m",
+            'a{instance=~"a"} / on (instance) group_left (gpu) b{instance=~"a"} offset 5m',
+        ),
+        (
+            'label_replace(m, "dst", "$1", "src", "(.*)") > bool 0',
+            'label_replace(m{instance=~"a"}, "dst", "$1", "src", "(.*)") > bool 0',
+        ),
+        ('{__name__=~"node_vmstat_pswp.+"}', '{__name__=~"node_vmstat_pswp.+",instance=~"a"}'),
+        ("sum(rate(llamacpp:n_decode_total[1m])) by (instance)",
+         'sum(rate(llamacpp:n_decode_total{instance=~"a"}[1m])) by (instance)'),
+    ],
+)  # fmt: skip
+def test_restrict_instances_adds_the_matcher_to_every_selector(expr: str, restricted: str) -> None:
+    assert alerts.restrict_instances(expr, 'instance=~"a"') == restricted
+
+
+def test_restrict_instances_needs_a_selector() -> None:
+    with pytest.raises(alerts.RuleError, match="has no series selector"):
+        alerts.restrict_instances("vector(1)", 'instance=~"a"')
+
+
+def test_instance_matcher_escapes_regex_characters() -> None:
+    assert alerts.instance_matcher(["gpu-02.dc1", "gpu-01"]) == (
+        'instance=~"gpu-01|gpu-02\\\\.dc1"'
+    )
+    assert alerts.instance_matcher(["a"], negate=True) == 'instance!~"a"'
+
+
+@pytest.mark.parametrize(
+    ("name", "alert"),
+    [
+        ("gpu_utilization", "LlmfleetGpuUtilization"),
+        ("p99_latency", "LlmfleetP99Latency"),
+        ("oom-error-rate", "LlmfleetOomErrorRate"),
+    ],
+)
+def test_alert_name(name: str, alert: str) -> None:
+    assert alerts.alert_name(name) == alert
+
+
+@pytest.mark.parametrize(
+    ("kind", "value"),
+    [
+        ("ratio", "{{ $value | humanizePercentage }}"),
+        ("seconds", "{{ $value | humanizeDuration }}"),
+        ("bytes", "{{ $value | humanize1024 }}B"),
+        ("number", "{{ $value | humanize }}"),
+    ],
+)
+def test_render_summary_turns_placeholders_into_prometheus_templates(kind: str, value: str) -> None:
+    assert alerts.render_summary("GPU {gpu} on {instance}: {value}", kind) == (
+        f"GPU {{{{ $labels.gpu }}}} on {{{{ $labels.instance }}}}: {value}"
+    )
