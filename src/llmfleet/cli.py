@@ -150,6 +150,53 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_receiver(args: argparse.Namespace) -> int:
+    from llmfleet.rollback_receiver import ConfigError, load_config, serve
+
+    try:
+        config = load_config(Path(args.config))
+    except ConfigError as exc:
+        print(
+            f"the receiver configuration {exc.path} is not valid ({len(exc.problems)} problems):",
+            file=sys.stderr,
+        )
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    if args.check:
+        print(
+            f"{args.config}: valid; would listen on {config.address}:{config.port}, "
+            f"run {config.playbook} against {config.inventory}"
+        )
+        return 0
+    try:
+        return serve(config)
+    except (OSError, ValueError) as exc:
+        print(f"llmfleet receiver: {exc}", file=sys.stderr)
+        return 1
+
+
+def add_receiver_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from llmfleet import rollback_receiver
+
+    parser = commands.add_parser(
+        "receiver",
+        help="serve Alertmanager's webhook and roll back the host of each firing rollback alert",
+        description="Listen for Alertmanager webhook payloads on POST "
+        f"{rollback_receiver.WEBHOOK_PATH} (Authorization: Bearer, from token_file). For each "
+        "firing alert labelled action=rollback, run the rollback playbook with --limit set to "
+        "the alert's instance (its :port removed), one run at a time and at most once per host "
+        "per cooldown_seconds. GET /metrics exports the counters, GET /health answers 200.",
+    )
+    parser.add_argument(
+        "--config", required=True, metavar="PATH", help="the receiver's YAML configuration"
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="only validate the configuration, then exit"
+    )
+    parser.set_defaults(func=cmd_receiver)
+
+
 def add_bundle_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     bundle = commands.add_parser(
         "bundle", help="build or verify the offline bundle (apt repos, files, models)"
@@ -270,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(func=cmd_report)
     add_bundle_parser(commands)
     add_bench_parser(commands)
+    add_receiver_parser(commands)
     return parser
 
 

@@ -1,0 +1,308 @@
+"""The rollback receiver with the real ansible-runner, and its role templates rendered by Ansible.
+
+A tiny playbook in tmp_path (connection local, two hosts) stands in for playbooks/rollback.yml:
+each host it runs on writes a file named after itself. An alert posted to the real HTTP server
+on 127.0.0.1 must roll back exactly the alert's host, once, and the log and the counters must
+say so. No network beyond 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from llmfleet import rollback_receiver as rr
+
+REPO = Path(__file__).resolve().parents[2]
+TEMPLATES = REPO / "roles" / "monitoring" / "templates"
+TOKEN = "integration-token-42"
+
+PLAYBOOK = """\
+---
+- name: Roll back (test double of playbooks/rollback.yml)
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Fail where asked to
+      ansible.builtin.fail:
+        msg: "rollback of {{ inventory_hostname }} failed on purpose"
+      when: inventory_hostname in fail_on
+    - name: Leave a mark of this host's rollback
+      ansible.builtin.copy:
+        content: "{{ inventory_hostname }} rolled back\\n"
+        dest: "{{ marker_dir }}/{{ inventory_hostname }}"
+        mode: "0644"
+"""
+
+
+def alert(instance: str, fingerprint: str, name: str = "EngineErrorRate") -> dict[str, Any]:
+    return {
+        "status": "firing",
+        "labels": {
+            "alertname": name,
+            "instance": instance,
+            "action": "rollback",
+            "metric": "llamacpp:requests_failed_ratio",
+            "severity": "critical",
+        },
+        "annotations": {},
+        "startsAt": "2026-05-01T10:00:00Z",
+        "endsAt": "0001-01-01T00:00:00Z",
+        "fingerprint": fingerprint,
+    }
+
+
+def post(port: int, alerts: list[dict[str, Any]]) -> dict[str, Any]:
+    document = {"version": "4", "status": "firing", "alerts": alerts, "groupLabels": {}}
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request(
+            "POST",
+            "/alertmanager",
+            body=json.dumps(document),
+            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+        )
+        response = connection.getresponse()
+        assert response.status == 200, response.read()
+        return json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def metrics(port: int) -> dict[str, float]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", "/metrics")
+        text = connection.getresponse().read().decode()
+    finally:
+        connection.close()
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    """A playbook, a two-host inventory (group `fleet`) and a token, as on a monitoring host."""
+    (tmp_path / "rollback.yml").write_text(PLAYBOOK)
+    inventory = {
+        "all": {
+            "children": {
+                "fleet": {
+                    "hosts": {"alpha": {}, "beta": {}},
+                    "vars": {
+                        "ansible_connection": "local",
+                        "ansible_python_interpreter": sys.executable,
+                    },
+                }
+            }
+        }
+    }
+    (tmp_path / "hosts.yml").write_text("---\n" + yaml.safe_dump(inventory))
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    (tmp_path / "marks").mkdir()
+    return tmp_path
+
+
+@pytest.fixture
+def serve(site: Path) -> Iterator[Callable[[list[str]], tuple[rr.Receiver, int]]]:
+    running: list[tuple[rr.Receiver, Any, threading.Thread]] = []
+
+    def start(fail_on: list[str]) -> tuple[rr.Receiver, int]:
+        config = rr.parse_config(
+            {
+                "token_file": "token",
+                "playbook": "rollback.yml",
+                "inventory": "hosts.yml",
+                "state_dir": "state",
+                "log_file": "log/actions.jsonl",
+                "cooldown_seconds": 900,
+                "extravars": {"marker_dir": str(site / "marks"), "fail_on": fail_on},
+                "run_timeout_seconds": 120,
+            },
+            site,
+        )
+        assert rr.check_paths(config) == []
+        receiver = rr.Receiver(config, rr.read_token(config.token_file), _runner(config))
+        server = rr.make_server(receiver, "127.0.0.1", 0)
+        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+        thread.start()
+        running.append((receiver, server, thread))
+        return receiver, server.server_address[1]
+
+    yield start
+    for receiver, server, thread in running:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+        receiver.stop(60)
+
+
+def _runner(config: rr.ReceiverConfig) -> rr.RunFunction:
+    return lambda request: rr.run_rollback(config, request)
+
+
+def records(receiver: rr.Receiver) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in receiver.config.log_file.read_text().splitlines()]
+
+
+def test_an_alert_rolls_back_only_its_host_once(
+    site: Path, serve: Callable[[list[str]], tuple[rr.Receiver, int]]
+) -> None:
+    receiver, port = serve([])
+    answer = post(
+        port,
+        [
+            alert("alpha:9100", "fp-alpha"),
+            alert("alpha:8080", "fp-alpha-2", name="EngineDown"),
+            alert("fleet:9100", "fp-group"),
+        ],
+    )
+    assert [d["decision"] for d in answer["decisions"]] == [
+        "started",
+        "skipped_cooldown",
+        "started",
+    ]
+    assert receiver.wait_idle(180), "the rollback runs did not finish in 180 s"
+
+    assert sorted(path.name for path in (site / "marks").iterdir()) == ["alpha"]
+    assert (site / "marks" / "alpha").read_text() == "alpha rolled back\n"
+
+    finished = {r["host"]: r for r in records(receiver) if r["event"] == "finished"}
+    assert set(finished) == {"alpha", "fleet"}
+    alpha = finished["alpha"]
+    assert (alpha["result"], alpha["runner_status"], alpha["rc"]) == ("successful", "successful", 0)
+    assert alpha["fingerprint"] == "fp-alpha"
+    assert alpha["alertname"] == "EngineErrorRate"
+    assert alpha["duration_seconds"] > 0
+    run_dir = Path(alpha["private_data_dir"])
+    assert run_dir.parent == site / "state" / "runs"
+    [artifact] = (run_dir / "artifacts").iterdir()
+    command = json.loads((artifact / "command").read_text())["command"]
+    assert command[command.index("--limit") + 1] == "alpha"
+    assert str(site / "rollback.yml") in command
+    # A group name never becomes a wider --limit: the inventory check refuses it.
+    group = finished["fleet"]
+    assert (group["result"], group["runner_status"], group["rc"]) == ("failed", "rejected", None)
+    assert group["detail"] == "fleet is a group of the inventory, not a host"
+
+    counters = metrics(port)
+    assert counters['llmfleet_rollbacks_total{host="alpha",result="successful"}'] == 1
+    assert counters['llmfleet_rollbacks_total{host="fleet",result="failed"}'] == 1
+    assert counters['llmfleet_rollback_alerts_total{decision="started"}'] == 2
+    assert counters['llmfleet_rollback_alerts_total{decision="skipped_cooldown"}'] == 1
+    state = json.loads((site / "state" / "cooldown.json").read_text())
+    assert set(state["last_rollback"]) == {"alpha", "fleet"}
+
+
+def test_a_failing_rollback_is_recorded_as_failed(
+    site: Path, serve: Callable[[list[str]], tuple[rr.Receiver, int]]
+) -> None:
+    receiver, port = serve(["beta"])
+    answer = post(port, [alert("beta", "fp-beta"), alert("gamma:9100", "fp-unknown")])
+    assert [d["decision"] for d in answer["decisions"]] == ["started", "started"]
+    assert receiver.wait_idle(180), "the rollback runs did not finish in 180 s"
+    assert list((site / "marks").iterdir()) == []
+    finished = {r["host"]: r for r in records(receiver) if r["event"] == "finished"}
+    assert finished["beta"]["result"] == "failed"
+    assert finished["beta"]["runner_status"] == "failed"
+    assert finished["beta"]["rc"] == 2
+    assert finished["gamma"]["runner_status"] == "rejected"
+    assert (
+        finished["gamma"]["detail"] == f"gamma is not a host of the inventory {site / 'hosts.yml'}"
+    )
+    counters = metrics(port)
+    assert counters['llmfleet_rollbacks_total{host="beta",result="failed"}'] == 1
+    assert counters['llmfleet_rollbacks_total{host="gamma",result="failed"}'] == 1
+
+
+ROLE_VARS = {
+    "monitoring_receiver_user": "llmfleet-receiver",
+    "monitoring_receiver_listen_address": "127.0.0.1",
+    "monitoring_receiver_listen_port": 9095,
+    "monitoring_receiver_cooldown_seconds": 600,
+    "monitoring_receiver_extravars": {"rollback_reason": "alert"},
+    "monitoring_receiver_environment": {"ANSIBLE_FORKS": "1"},
+    "monitoring_receiver_run_timeout_seconds": 1800,
+    "monitoring_receiver_keep_runs": 20,
+    "monitoring_receiver_ansible_cfg": "",
+    "monitoring_receiver_project_dir": "",
+}
+
+
+def test_the_role_templates_render_a_valid_configuration_and_unit(site: Path) -> None:
+    role_vars = {
+        **ROLE_VARS,
+        "monitoring_receiver_venv": "/opt/llmfleet/venv",
+        "monitoring_receiver_token_file": str(site / "token"),
+        "monitoring_receiver_state_dir": str(site / "state"),
+        "monitoring_receiver_log_file": str(site / "log" / "actions.jsonl"),
+        "monitoring_receiver_playbook": str(site / "rollback.yml"),
+        "monitoring_receiver_inventory": str(site / "hosts.yml"),
+    }
+    render = {
+        "name": "Render the receiver's templates",
+        "hosts": "localhost",
+        "connection": "local",
+        "gather_facts": False,
+        "vars": {**role_vars, "ansible_python_interpreter": sys.executable},
+        "tasks": [
+            {
+                "name": "Render",
+                "ansible.builtin.template": {
+                    "src": str(TEMPLATES / "{{ item }}.j2"),
+                    "dest": str(site / "{{ item | basename }}"),
+                    "mode": "0644",
+                },
+                "loop": [
+                    "etc/llmfleet/receiver.yml",
+                    "etc/systemd/system/llmfleet-rollback-receiver.service",
+                ],
+            }
+        ],
+    }
+    (site / "render.yml").write_text(yaml.safe_dump([render]))
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "render.yml"],
+        cwd=site,
+        env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "ANSIBLE_HOME": str(site)},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    config = rr.load_config(site / "receiver.yml")
+    assert (config.address, config.port, config.cooldown_seconds) == ("127.0.0.1", 9095, 600)
+    assert config.playbook == site / "rollback.yml"
+    assert config.inventory == site / "hosts.yml"
+    assert config.state_dir == site / "state"
+    assert config.extravars == {"rollback_reason": "alert"}
+    assert config.environment == {"ANSIBLE_FORKS": "1"}
+    assert (config.ansible_cfg, config.project_dir) == (None, None)
+    assert (config.run_timeout_seconds, config.keep_runs) == (1800, 20)
+
+    unit = (site / "llmfleet-rollback-receiver.service").read_text().splitlines()
+    assert unit[1] == "# Ansible managed"
+    assert (
+        "ExecStart=/opt/llmfleet/venv/bin/llmfleet receiver --config /etc/llmfleet/receiver.yml"
+        in unit
+    )
+    assert "User=llmfleet-receiver" in unit
+    assert f"ReadWritePaths={site / 'state'}" in unit
+    assert f"ReadWritePaths={site / 'log'}" in unit
+    for line in ("NoNewPrivileges=yes", "ProtectSystem=strict", "KillMode=mixed"):
+        assert line in unit
+    assert "TimeoutStopSec=1830" in unit
