@@ -63,9 +63,11 @@ def render(folder: Path, inventory: Path, extra: dict[str, Any] | None = None) -
     }
     (folder / "render.yml").write_text(yaml.safe_dump([play], sort_keys=False))
     command = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory)]
-    if extra is not None:
-        (folder / "extra.yml").write_text(yaml.safe_dump(extra))
-        command += ["-e", f"@{folder / 'extra.yml'}"]
+    # The receiver is off by default (until playbooks/rollback.yml exists); these
+    # tests render its route and scrape job unless a test says otherwise.
+    extra = {"monitoring_receiver_enabled": True, **(extra or {})}
+    (folder / "extra.yml").write_text(yaml.safe_dump(extra))
+    command += ["-e", f"@{folder / 'extra.yml'}"]
     env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
     result = subprocess.run(
         [*command, str(folder / "render.yml")], cwd=REPO, capture_output=True, text=True,
