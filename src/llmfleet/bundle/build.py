@@ -303,7 +303,7 @@ def ensure_file(entry: FileEntry, ctx: _Context, known: dict[str, Any] | None) -
         archive_sha256=entry.sha256 if entry.extract else None,
     )
     if want and dest.is_file() and ctx.hashes.sha256(dest) == want:
-        return _with_checksum(artifact, want, dest.stat().st_size)
+        return artifact.with_checksum(want, dest.stat().st_size)
     ctx.say(f"fetching {entry.name} from {entry.url.raw}")
     archive = cached_download(
         ctx.fetcher,
@@ -316,18 +316,14 @@ def ensure_file(entry: FileEntry, ctx: _Context, known: dict[str, Any] | None) -
     )
     if entry.extract is None:
         place(archive, dest, ctx.staging)
-        return _with_checksum(artifact, entry.sha256, dest.stat().st_size)
+        return artifact.with_checksum(entry.sha256, dest.stat().st_size)
     temp, sha256, size = extract_member(archive, entry.extract, ctx.staging)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(temp, dest)
     finally:
         temp.unlink(missing_ok=True)
-    return _with_checksum(artifact, sha256, size)
-
-
-def _with_checksum(artifact: Artifact, sha256: str, size: int) -> Artifact:
-    return Artifact(**{**artifact.__dict__, "sha256": sha256, "size": size})
+    return artifact.with_checksum(sha256, size)
 
 
 def build_repo(

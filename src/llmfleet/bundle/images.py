@@ -89,8 +89,7 @@ def ensure_image(
         and dest.is_file()
         and sha256_of(dest) == known.get("sha256")
     ):
-        size = dest.stat().st_size
-        return Artifact(**{**artifact.__dict__, "sha256": str(known["sha256"]), "size": size})
+        return artifact.with_checksum(str(known["sha256"]), dest.stat().st_size)
     context = staging / f"context-{entry.name}"
     shutil.rmtree(context, ignore_errors=True)
     shutil.copytree(entry.context, context)
@@ -106,4 +105,4 @@ def ensure_image(
         os.replace(temp, dest)
     finally:
         shutil.rmtree(context, ignore_errors=True)
-    return Artifact(**{**artifact.__dict__, "sha256": sha256_of(dest), "size": dest.stat().st_size})
+    return artifact.with_checksum(sha256_of(dest), dest.stat().st_size)

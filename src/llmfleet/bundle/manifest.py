@@ -42,6 +42,9 @@ class Artifact:
     tag: str | None = None
     inputs_sha256: str | None = None
 
+    def with_checksum(self, sha256: str, size: int) -> Artifact:
+        return Artifact(**{**self.__dict__, "sha256": sha256, "size": size})
+
     def to_dict(self) -> dict[str, Any]:
         entry: dict[str, Any] = {
             "name": self.name,

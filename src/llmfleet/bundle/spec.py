@@ -453,6 +453,16 @@ def _key_source(check: _Checker, where: str, value: Any) -> KeySource | None:
     return KeySource(url=url, fingerprint=normal)
 
 
+def _artifact_name(check: _Checker, where: str, entry: Mapping[str, Any]) -> Any:
+    """The entry's name (what roles look the artifact up by), checked."""
+    name = entry.get("name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        check.bad(f"{where}: name", f"must be letters, digits, '.', '_' or '-', got {name!r}")
+    elif name in RESERVED_NAMES:
+        check.bad(f"{where}: name", f"{name!r} is reserved for the bundle's own key")
+    return name
+
+
 def _file_entry(check: _Checker, where: str, entry: Any) -> FileEntry | None:
     if not isinstance(entry, dict):
         check.bad(where, "must be a mapping with name, url, sha256, dest")
@@ -460,11 +470,7 @@ def _file_entry(check: _Checker, where: str, entry: Any) -> FileEntry | None:
     where = _label(where, entry)
     before = len(check.problems)
     _unknown(check, where, entry, FILE_KEYS)
-    name = entry.get("name")
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        check.bad(f"{where}: name", f"must be letters, digits, '.', '_' or '-', got {name!r}")
-    elif name in RESERVED_NAMES:
-        check.bad(f"{where}: name", f"{name!r} is reserved for the bundle's own key")
+    name = _artifact_name(check, where, entry)
     url = _url(check, f"{where}: url", entry.get("url"), ("https", "http", "file"))
     sha256 = entry.get("sha256")
     if sha256 is None:
@@ -498,11 +504,7 @@ def _image_entry(
     where = _label(where, entry)
     before = len(check.problems)
     _unknown(check, where, entry, IMAGE_KEYS)
-    name = entry.get("name")
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        check.bad(f"{where}: name", f"must be letters, digits, '.', '_' or '-', got {name!r}")
-    elif name in RESERVED_NAMES:
-        check.bad(f"{where}: name", f"{name!r} is reserved for the bundle's own key")
+    name = _artifact_name(check, where, entry)
     tag = entry.get("tag")
     if not isinstance(tag, str) or not TAG_RE.match(tag):
         check.bad(f"{where}: tag", f"must be an image reference like repo/name:tag, got {tag!r}")
