@@ -52,10 +52,15 @@ def serving_config(
     }
 
 
-def llama_server_args(config: dict[str, Any], api_key_file: str = "") -> list[str]:
-    """llama-server's command line for `config` (the model path comes from $MODEL_PATH)."""
+def llama_server_args(
+    config: dict[str, Any], api_key_file: str = "", model_path: str = ""
+) -> list[str]:
+    """llama-server's command line for `config`.
+
+    The model is ``model_path`` when given, else ``${MODEL_PATH}`` for systemd to expand.
+    """
     args = [
-        "--model", "${MODEL_PATH}",
+        "--model", model_path or "${MODEL_PATH}",
         "--alias", config["model"]["name"],
         "--host", config["bind_address"],
         "--port", str(config["port"]),
