@@ -53,17 +53,18 @@ def serving_config(
 
 
 def llama_server_args(
-    config: dict[str, Any], api_key_file: str = "", model_path: str = ""
+    config: dict[str, Any], api_key_file: str = "", model_path: str = "", listen: bool = True
 ) -> list[str]:
     """llama-server's command line for `config`.
 
     The model is ``model_path`` when given, else ``${MODEL_PATH}`` for systemd to expand.
+    ``listen=False`` leaves out ``--host`` and ``--port`` (a template unit sets them per color).
     """
+    address = ["--host", config["bind_address"], "--port", str(config["port"])] if listen else []
     args = [
         "--model", model_path or "${MODEL_PATH}",
         "--alias", config["model"]["name"],
-        "--host", config["bind_address"],
-        "--port", str(config["port"]),
+        *address,
         "--ctx-size", str(config["context_length"]),
         "--parallel", str(config["parallel_slots"]),
         "--batch-size", str(config["batch_size"]),

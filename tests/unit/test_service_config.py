@@ -65,3 +65,13 @@ def test_gpus_without_a_loaded_driver_serve_on_the_cpu() -> None:
         "gpus": [{"index": 0, "usable_vram_mib": None}],
     }
     assert service.serving_config(hardware, MODEL, SETTINGS)["device_map"] == ["cpu"]
+
+
+def test_color_args_carry_the_model_path_and_no_address() -> None:
+    hardware = {"driver_loaded": False, "gpus": [], "memory_total_mib": 24105}
+    config = service.serving_config(hardware, MODEL, SETTINGS)
+    args = service.llama_server_args(config, "/etc/llmfleet/api-key", MODEL["path"], listen=False)
+    assert args[:2] == ["--model", "/data/models/s/s.gguf"]
+    assert "--host" not in args
+    assert "--port" not in args
+    assert "--metrics" in args
