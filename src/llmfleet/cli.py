@@ -304,6 +304,65 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:  # type: ign
     parser.set_defaults(func=cmd_bench)
 
 
+def cmd_load(args: argparse.Namespace) -> int:
+    import json
+
+    from llmfleet.loadgen import LoadConfig, format_summary, run_load
+
+    try:
+        config = LoadConfig(
+            endpoints=tuple(args.endpoints),
+            concurrency=args.concurrency,
+            max_requests=args.max_requests,
+            duration_s=args.duration,
+            max_tokens=args.max_tokens,
+            timeout_s=args.timeout,
+            stop_file=Path(args.stop_file) if args.stop_file else None,
+            api_key=_bench_api_key(args),
+        )
+        report = run_load(config)
+    except ValueError as exc:
+        print(f"llmfleet load: {exc}", file=sys.stderr)
+        return 2
+    print(format_summary(report))
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return 1 if report["failed"] else 0
+
+
+def add_load_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = commands.add_parser(
+        "load",
+        help="send steady completions across endpoints, as a balancer would, and count failures",
+        description="Each endpoint gets --concurrency workers; a worker sends a streaming chat "
+        "completion whenever the endpoint's /health answers 200, and none while it does not. "
+        "Stops after --duration seconds, --max-requests requests, or when --stop-file exists. "
+        "Exit 1 when any request failed.",
+    )
+    parser.add_argument(
+        "endpoints", nargs="+", metavar="ENDPOINT", help="e.g. http://10.0.0.5:8080"
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=1, metavar="N", help="workers per endpoint"
+    )
+    parser.add_argument("--max-requests", type=int, default=1000, metavar="N", help="in all")
+    parser.add_argument(
+        "--duration", type=float, default=600.0, metavar="S", help="seconds at most"
+    )
+    parser.add_argument("--max-tokens", type=int, default=8, metavar="N", help="per request")
+    parser.add_argument("--timeout", type=float, default=60.0, metavar="S", help="per request")
+    parser.add_argument("--stop-file", metavar="PATH", help="stop once this file exists")
+    parser.add_argument(
+        "--api-key-file",
+        metavar="PATH",
+        help="file holding the API key (default: $LLMFLEET_API_KEY; never printed)",
+    )
+    parser.add_argument("--json", metavar="PATH", help="also write the report as JSON to PATH")
+    parser.set_defaults(func=cmd_load)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmfleet", description=__doc__)
     parser.add_argument("--version", action="version", version=f"llmfleet {__version__}")
@@ -317,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(func=cmd_report)
     add_bundle_parser(commands)
     add_bench_parser(commands)
+    add_load_parser(commands)
     add_receiver_parser(commands)
     return parser
 
