@@ -336,7 +336,7 @@ def add_load_parser(commands: argparse._SubParsersAction) -> None:  # type: igno
     parser = commands.add_parser(
         "load",
         help="send steady completions across endpoints, as a balancer would, and count failures",
-        description="Each endpoint gets --concurrency workers; a worker sends a streaming chat "
+        description="Each endpoint gets --concurrency workers; a worker sends a chat "
         "completion whenever the endpoint's /health answers 200, and none while it does not. "
         "Stops after --duration seconds, --max-requests requests, or when --stop-file exists. "
         "Exit 1 when any request failed.",

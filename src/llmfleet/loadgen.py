@@ -4,8 +4,10 @@ What an operator runs beside an upgrade to see that no request is dropped:
 each endpoint gets its own workers; before every request a worker asks the
 endpoint's ``/health`` (a balancer's probe) and sends nothing to an endpoint
 that does not answer 200 (an in-place upgrade drains a host that way); every
-request is a real streaming chat completion (``llmfleet bench``'s request), and
-any answer other than a complete stream counts as a failure.
+request is a real chat completion, and
+any answer other than a complete completion counts as a failure. Requests are
+not streamed: the whole answer is read by its Content-Length, so a failure is
+the server's or the network's, never a stream parser's.
 
 Bounds: no request starts after ``duration_s`` or once ``max_requests`` were
 sent or the stop file exists; each request ends by ``timeout_s``. So a run
@@ -15,6 +17,7 @@ always stops by itself.
 from __future__ import annotations
 
 import http.client
+import json
 import threading
 import time
 from collections import Counter
@@ -24,7 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from llmfleet.bench import BenchConfig, RequestResult, send_request
+from llmfleet.bench import RequestResult, chat_url
 
 #: How many failures the report lists one by one.
 MAX_LISTED_FAILURES = 20
@@ -86,6 +89,60 @@ def is_healthy(endpoint: str, timeout_s: float) -> bool:
         connection.close()
 
 
+def send_completion(endpoint: str, config: LoadConfig) -> RequestResult:
+    """One chat completion, read whole; never raises for a failed request."""
+    url = urlsplit(chat_url(endpoint))
+    connection_class = (
+        http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+    )
+    connection = connection_class(url.hostname or "", url.port, timeout=config.timeout_s)
+    body = json.dumps(
+        {
+            "messages": [{"role": "user", "content": config.prompt}],
+            "max_tokens": config.max_tokens,
+            "temperature": 0,
+            "stream": False,
+        }
+    ).encode()
+    headers = {"Content-Type": "application/json", "User-Agent": "llmfleet-load"}
+    if config.api_key:
+        headers["Authorization"] = f"Bearer {config.api_key}"
+    started = time.monotonic()
+    status: int | None = None
+    try:
+        connection.request("POST", url.path, body=body, headers=headers)
+        response = connection.getresponse()
+        status = response.status
+        data = response.read()
+        if status != 200:
+            text = data[:200].decode("utf-8", "replace")
+            if config.api_key:
+                text = text.replace(config.api_key, "***")
+            return RequestResult(ok=False, status=status, error=f"HTTP {status}: {text}")
+        answer = json.loads(data)
+        choices = answer.get("choices") if isinstance(answer, dict) else None
+        if not isinstance(choices, list) or not choices:
+            return RequestResult(ok=False, status=status, error="the answer has no choices")
+        usage = answer.get("usage") or {}
+        return RequestResult(
+            ok=True,
+            status=status,
+            latency_s=time.monotonic() - started,
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            token_source="usage",
+            model=answer.get("model"),
+        )
+    except TimeoutError:
+        return RequestResult(
+            ok=False, status=status, error=f"timed out after {config.timeout_s:g} s"
+        )
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return RequestResult(ok=False, status=status, error=reason)
+    finally:
+        connection.close()
+
+
 def summarize(
     outcomes: Sequence[Outcome],
     health_skips: Counter[str],
@@ -124,7 +181,7 @@ def summarize(
 
 def run_load(
     config: LoadConfig,
-    send: Callable[[BenchConfig], RequestResult] = send_request,
+    send: Callable[[str, LoadConfig], RequestResult] = send_completion,
     healthy: Callable[[str, float], bool] = is_healthy,
     clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, Any]:
@@ -154,14 +211,6 @@ def run_load(
             return True
 
     def worker(endpoint: str) -> None:
-        request = BenchConfig(
-            endpoint=endpoint,
-            max_tokens=config.max_tokens,
-            prompt=config.prompt,
-            timeout_s=config.timeout_s,
-            warmup=False,
-            api_key=config.api_key,
-        )
         while not stopped():
             if not healthy(endpoint, config.health_timeout_s):
                 with lock:
@@ -171,7 +220,7 @@ def run_load(
             if not take_one():
                 return
             started = clock() - start
-            result = send(request)
+            result = send(endpoint, config)
             with lock:
                 outcomes.append(
                     Outcome(

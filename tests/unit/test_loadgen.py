@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from llmfleet.bench import BenchConfig, RequestResult
+from llmfleet.bench import RequestResult
 from llmfleet.loadgen import LoadConfig, Outcome, health_url, is_healthy, run_load, summarize
 
 
@@ -30,10 +30,10 @@ class _Endpoint(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers["Content-Length"]))
         type(self).chats += 1
-        chunk = {"choices": [{"delta": {"content": "hi"}}]}
-        body = f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
+        answer = {"choices": [{"message": {"content": "hi"}}], "usage": {"completion_tokens": 1}}
+        body = json.dumps(answer).encode()
         self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -79,7 +79,7 @@ def test_stops_when_the_stop_file_appears(endpoint, tmp_path: Path) -> None:
 
 
 def test_a_refused_connection_is_a_failure() -> None:
-    def send(_: BenchConfig) -> RequestResult:
+    def send(_: str, __: LoadConfig) -> RequestResult:
         return RequestResult(ok=False, status=None, error="connection refused")
 
     report = run_load(
