@@ -95,6 +95,15 @@ def _bench_api_key(args: argparse.Namespace) -> str | None:
     return os.environ.get("LLMFLEET_API_KEY", "").strip() or None
 
 
+def add_api_key_file_argument(parser: argparse.ArgumentParser) -> None:
+    """--api-key-file, read by _bench_api_key (bench and load alike)."""
+    parser.add_argument(
+        "--api-key-file",
+        metavar="PATH",
+        help="file holding the API key (default: $LLMFLEET_API_KEY; never printed)",
+    )
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     import json
 
@@ -279,11 +288,7 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:  # type: ign
         "--prompt", default=bench.DEFAULT_PROMPT, metavar="TEXT", help="the user message"
     )
     parser.add_argument("--model", metavar="NAME", help="the request's model field (optional)")
-    parser.add_argument(
-        "--api-key-file",
-        metavar="PATH",
-        help="file holding the API key (default: $LLMFLEET_API_KEY; never printed)",
-    )
+    add_api_key_file_argument(parser)
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     parser.add_argument(
         "--timeout",
@@ -354,11 +359,7 @@ def add_load_parser(commands: argparse._SubParsersAction) -> None:  # type: igno
     parser.add_argument("--max-tokens", type=int, default=8, metavar="N", help="per request")
     parser.add_argument("--timeout", type=float, default=60.0, metavar="S", help="per request")
     parser.add_argument("--stop-file", metavar="PATH", help="stop once this file exists")
-    parser.add_argument(
-        "--api-key-file",
-        metavar="PATH",
-        help="file holding the API key (default: $LLMFLEET_API_KEY; never printed)",
-    )
+    add_api_key_file_argument(parser)
     parser.add_argument("--json", metavar="PATH", help="also write the report as JSON to PATH")
     parser.set_defaults(func=cmd_load)
 
