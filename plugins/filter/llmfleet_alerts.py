@@ -1,4 +1,4 @@
-"""Alert rules as data: the operators' rules compiled into Prometheus alerting rules.
+"""Alert rules as data: the operators' rules compiled into Prometheus recording and alert rules.
 
 Operators write rules in their own shape (group_vars/all/alerts.yml)::
 
@@ -8,15 +8,25 @@ Operators write rules in their own shape (group_vars/all/alerts.yml)::
       action: send_notification
 
 A catalog of known metrics (roles/monitoring/vars/main.yml, `monitoring_alert_catalog`)
-turns each metric into a PromQL value expression, the comparison, the unit the
-threshold must have, the default severity and the alert's summary. A rule may bring
-its own PromQL value expression (`expr`); its `metric` is then a free name.
+gives each metric a PromQL value expression, the comparison, the unit the threshold must
+have, the default severity and the alert's summary. A rule may bring its own PromQL value
+expression (`expr`); its `metric` is then a free name.
+
+Every value is recorded once, in the recording group, as `llmfleet:<name>:value`: one
+series per catalog metric (`llmfleet:gpu_utilization:value`) and one per rule with its own
+expr (named after the rule). A recorded series keeps the labels of its expression:
+`instance`, and any other the summary names (`gpu`). Alerts only compare recorded series::
+
+    llmfleet:gpu_utilization:value > 0.9
 
 Inventories change a rule per group or per host with `llmfleet_alert_overrides`
 ({rule name or metric: {threshold, duration, action, severity, enabled}}). Each host
 gets exactly its effective rule: the variant most hosts share is compiled for every
-instance but the others (`instance!~"a|b"`), each other variant only for its own
-instances (`instance=~"c"`).
+instance but the others, each other variant only for its own instances; a variant is the
+same recorded series with one label matcher, never rewritten PromQL::
+
+    llmfleet:gpu_utilization:value{instance!~"gpu-c|gpu-d"} > 0.9
+    llmfleet:gpu_utilization:value{instance=~"gpu-c|gpu-d"} > 0.97
 
 Every problem found in the rules and overrides is reported at once, naming the rule
 and what is allowed. Pure functions; tests in tests/unit/test_alert_rules.py.
@@ -24,6 +34,7 @@ and what is allowed. Pure functions; tests in tests/unit/test_alert_rules.py.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
@@ -48,6 +59,11 @@ COMPARISONS = (">", ">=", "<", "<=", "==", "!=")
 RULE_KEYS = ("metric", "name", "threshold", "duration", "action", "severity", "expr", "summary",
              "enabled")  # fmt: skip
 OVERRIDE_KEYS = ("threshold", "duration", "action", "severity", "enabled")
+#: The variable that lets a fleet run without any alert rule on purpose.
+ALLOW_EMPTY_VARIABLE = "llmfleet_alert_rules_allow_empty"
+#: The longest duration taken. Prometheus keeps durations in int64 milliseconds (about
+#: 292 million years); an alert held for longer than 10 years is a typo, not a rule.
+MAX_DURATION_SECONDS = 10 * 365 * 86400
 
 #: Unit kinds: what a threshold of that kind looks like, for messages.
 KIND_EXAMPLES = {
@@ -91,6 +107,10 @@ _THRESHOLD = re.compile(
     r"(?P<num>(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)\s*"
     r"(?P<unit>%|[A-Za-zµ]*)\s*$"
 )
+_NON_FINITE = re.compile(
+    r"^\s*(?:>=|<=|==|!=|>|<)?\s*[+-]?\.?(?:nan|inf(?:inity)?)\s*(?:%|[A-Za-zµ]*)\s*$",
+    re.IGNORECASE,
+)
 _DURATION_PART = re.compile(r"\s*(?P<num>[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>[A-Za-zµ]+)\s*")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 
@@ -122,15 +142,19 @@ def parse_threshold(value: Any) -> dict[str, Any]:
     An optional comparison may lead (`< 10%`); without one the catalog's applies.
     Returns {text, comparison (or None), kind, value}: `kind` is one of ratio, seconds,
     bytes, number and `value` the PromQL number in base units (a fraction for
-    percentages, seconds for times, bytes for sizes).
+    percentages, seconds for times, bytes for sizes). A percentage above 100% and a
+    number that is not finite (`nan`, `inf`, `1e999%`) are refused.
     """
     text = _scalar_text(value, "threshold")
+    allowed = (
+        "write a number with an optional unit: 90%, 0.1%, 500ms, 2s, 512MiB, 2GiB, 100 "
+        "(an optional leading >, >=, <, <=, ==, !=)"
+    )
     found = _THRESHOLD.match(text)
     if not found:
-        raise RuleError(
-            f"threshold {text!r} does not parse; write a number with an optional unit: "
-            "90%, 0.1%, 500ms, 2s, 512MiB, 2GiB, 100 (an optional leading >, >=, <, <=, ==, !=)"
-        )
+        if _NON_FINITE.match(text):
+            raise RuleError(f"threshold {text!r} is not a finite number; {allowed}")
+        raise RuleError(f"threshold {text!r} does not parse; {allowed}")
     try:
         number = Decimal(found["num"])
     except InvalidOperation as exc:  # pragma: no cover - the pattern admits only numbers
@@ -149,6 +173,14 @@ def parse_threshold(value: Any) -> dict[str, Any]:
         raise RuleError(
             f"threshold {text!r} has an unknown unit {unit!r}; known: % (percent), "
             "us, ms, s, min (time), B, KB, MB, GB, TB, KiB, MiB, GiB, TiB (size), or none"
+        )
+    if not math.isfinite(float(base)):
+        raise RuleError(f"threshold {text!r} is not a finite number; {allowed}")
+    if kind == "ratio" and number > 100:
+        raise RuleError(
+            f"threshold {text!r} is above 100%; a percentage is a share, from 0% to 100% "
+            "(a rule with its own expr that compares a larger ratio writes a plain number, "
+            "e.g. 1.5)"
         )
     number_text = text[found.start("num") :].strip()
     return {
@@ -173,7 +205,8 @@ def parse_duration(value: Any) -> dict[str, Any]:
     """Parse a duration as operators write it: `5min`, `1m`, `30s`, `1h30m`, `1.5h`.
 
     Returns {text, seconds, promql}: `promql` is the same time in one Prometheus unit
-    (`5m`, `30s`, `90m`); a plain number without a unit is refused (seconds or minutes?).
+    (`5m`, `30s`, `90m`); a plain number without a unit is refused (seconds or minutes?),
+    and so is anything longer than 10 years (MAX_DURATION_SECONDS).
     """
     text = _scalar_text(value, "duration")
     allowed = "write a number and a unit: 30s, 1m, 5min, 1h (or a sum such as 1h30m)"
@@ -190,6 +223,12 @@ def parse_duration(value: Any) -> dict[str, Any]:
         position = part.end()
     if position != len(text) or not text:
         raise RuleError(f"duration {text!r} does not parse; {allowed}")
+    if total > MAX_DURATION_SECONDS:
+        raise RuleError(
+            f"duration {text!r} is longer than 10 years; Prometheus keeps durations in "
+            "64-bit milliseconds and an alert held that long never fires: write at most "
+            f"{MAX_DURATION_SECONDS // 86400}d"
+        )
     milliseconds = total * 1000
     if milliseconds != milliseconds.to_integral_value():
         raise RuleError(f"duration {text!r} is finer than a millisecond; {allowed}")
@@ -238,94 +277,28 @@ def _enabled(value: Any) -> bool:
     return value
 
 
-# --------------------------------------------------------------------------- PromQL
+# --------------------------------------------------------------------------- series
 
-_TOKEN = re.compile(
-    r"""
-    (?P<ws>\s+)
-    |(?P<string>"(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*'|`[^`]*`)
-    |(?P<braces>\{(?:"(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*'|`[^`]*`|[^{}"'`])*\})
-    |(?P<range>\[[^\]]*\])
-    |(?P<number>[0-9.][0-9A-Za-z.]*)
-    |(?P<ident>[A-Za-z_:][A-Za-z0-9_:]*)
-    |(?P<other>.)
-    """,
-    re.VERBOSE | re.DOTALL,
-)
-_LABEL_LIST_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right"}
-_KEYWORDS = {"and", "or", "unless", "bool", "offset", "inf", "nan", "atan2"}
+#: A rule's own expr, read only to refuse a comparison in it: strings and label matchers
+#: are blanked first; `x > bool 0` yields a value (0 or 1) and is allowed.
+_EXPR_STRING = re.compile(r'"(?:\\.|[^"\\])*"' r"|'(?:\\.|[^'\\])*'" r"|`[^`]*`")
+_EXPR_MATCHERS = re.compile(r"\{[^{}]*\}")
+_EXPR_COMPARISON = re.compile(r"(?:[<>]=?|[=!]=)(?!\s*bool\b)")
 
 
-def _tokens(expr: str) -> list[tuple[str, str]]:
-    return [(found.lastgroup or "", found.group()) for found in _TOKEN.finditer(expr)]
+def recorded_series(name: str) -> str:
+    """The series recording a value: `gpu_utilization` -> `llmfleet:gpu_utilization:value`.
+
+    Characters a metric name cannot hold (the `-` of a rule name) become `_`.
+    """
+    return f"llmfleet:{re.sub(r'[^A-Za-z0-9_]', '_', name)}:value"
 
 
-def _next_index(tokens: list[tuple[str, str]], start: int) -> int:
-    """Index of the first token at or after `start` that is not whitespace."""
-    while start < len(tokens) and tokens[start][0] == "ws":
-        start += 1
-    return start
-
-
-def promql_comparisons(expr: str) -> list[str]:
-    """Comparison operators outside strings and label matchers (a value expr has none)."""
-    found = []
-    tokens = _tokens(expr)
-    for index, (kind, text) in enumerate(tokens):
-        if kind != "other" or text not in "<>=!":
-            continue
-        following = tokens[index + 1][1] if index + 1 < len(tokens) else ""
-        if text in "<>" or (text in "=!" and following == "="):
-            found.append(text + ("=" if following == "=" else ""))
-    return found
-
-
-def restrict_instances(expr: str, matcher: str) -> str:
-    """Add a label matcher (`instance=~"a|b"`) to every series selector of `expr`."""
-    tokens = _tokens(expr)
-    out: list[str] = []
-    selectors = 0
-    index = 0
-    while index < len(tokens):
-        kind, text = tokens[index]
-        if kind == "ident" and text.lower() in _LABEL_LIST_KEYWORDS:
-            following = _next_index(tokens, index + 1)
-            if following < len(tokens) and tokens[following][1] == "(":
-                close = following
-                while close < len(tokens) and tokens[close][1] != ")":
-                    close += 1
-                out.extend(token for _, token in tokens[index : close + 1])
-                index = close + 1
-                continue
-            out.append(text)
-        elif kind == "ident" and text.lower() not in _KEYWORDS:
-            following = _next_index(tokens, index + 1)
-            next_text = tokens[following][1] if following < len(tokens) else ""
-            if next_text == "(" or next_text.lower() in ("by", "without"):
-                out.append(text)  # a function or an aggregation
-            elif next_text.startswith("{"):
-                out.append(text)
-                out.extend(token for _, token in tokens[index + 1 : following])
-                out.append(_add_matcher(next_text, matcher))
-                selectors += 1
-                index = following
-            else:
-                out.append(f"{text}{{{matcher}}}")
-                selectors += 1
-        elif kind == "braces":
-            out.append(_add_matcher(text, matcher))
-            selectors += 1
-        else:
-            out.append(text)
-        index += 1
-    if not selectors:
-        raise RuleError(f"expr {expr!r} has no series selector to restrict to some instances")
-    return "".join(out)
-
-
-def _add_matcher(braces: str, matcher: str) -> str:
-    inner = braces[1:-1].strip().rstrip(",").strip()
-    return "{" + (f"{inner},{matcher}" if inner else matcher) + "}"
+def expr_comparison(expr: str) -> str | None:
+    """The first comparison of a value expr (which must have none), or None."""
+    bare = _EXPR_MATCHERS.sub("{}", _EXPR_STRING.sub('""', expr))
+    found = _EXPR_COMPARISON.search(bare)
+    return found.group() if found else None
 
 
 def instance_matcher(hosts: Iterable[str], negate: bool = False) -> str:
@@ -391,10 +364,10 @@ def normalize_rule(rule: Any, catalog: Mapping[str, Any]) -> tuple[dict[str, Any
         if not isinstance(expr, str) or not expr.strip():
             problems.append("expr must be a PromQL expression (a string)")
             return {}, problems
-        comparisons = promql_comparisons(expr)
-        if comparisons:
+        comparison = expr_comparison(expr)
+        if comparison:
             problems.append(
-                f"expr holds the comparison {comparisons[0]}; write only the value there, "
+                f"expr holds the comparison {comparison}; write only the value there, "
                 "the threshold brings the comparison (e.g. threshold: '< 10%')"
             )
         entry = {"expr": expr.strip(), "comparison": ">", "unit": None, "severity": "warning"}
@@ -412,6 +385,7 @@ def normalize_rule(rule: Any, catalog: Mapping[str, Any]) -> tuple[dict[str, Any
         "metric": metric,
         "catalog": expr is None,
         "expr": entry["expr"],
+        "series": recorded_series(metric if expr is None else name),
         "unit": entry["unit"],
         "enabled": True,
     }
@@ -462,21 +436,43 @@ def validate_rules(rules: Any, catalog: Mapping[str, Any]) -> list[dict[str, Any
     problems: list[str] = []
     normalized: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
+    catalog_series = {recorded_series(metric): metric for metric in catalog}
+    own_series: dict[str, int] = {}
     for index, rule in enumerate(rules):
         result, found = normalize_rule(rule, catalog)
         label = _rule_label(index, rule)
         problems.extend(f"{label}: {problem}" for problem in found)
-        if result:
-            if result["name"] in seen:
-                problems.append(
-                    f"{label}: the name {result['name']} is taken by rule {seen[result['name']]}; "
-                    "give one of them its own name"
-                )
-            seen.setdefault(result["name"], index + 1)
-            normalized.append(result)
+        if not result:
+            continue
+        if result["name"] in seen:
+            problems.append(
+                f"{label}: the name {result['name']} is taken by rule {seen[result['name']]}; "
+                "give one of them its own name"
+            )
+        elif not result["catalog"]:
+            own = _own_series_problems(result, catalog_series, own_series)
+            problems.extend(f"{label}: {problem}" for problem in own)
+            own_series.setdefault(result["series"], index + 1)
+        seen.setdefault(result["name"], index + 1)
+        normalized.append(result)
     if problems:
         raise AnsibleFilterError(_problems_message("llmfleet_alert_rules", problems))
     return normalized
+
+
+def _own_series_problems(
+    rule: dict[str, Any], catalog_series: Mapping[str, str], own_series: Mapping[str, int]
+) -> list[str]:
+    """A rule with its own expr records its value under its name: that name must be free."""
+    series = rule["series"]
+    if series in catalog_series:
+        return [
+            f"with its own expr it records {series}, which the catalog records for "
+            f"{catalog_series[series]}; give the rule another name (name: {rule['name']}_own)"
+        ]
+    if series in own_series:
+        return [f"it records {series}, as rule {own_series[series]} does; rename one of them"]
+    return []
 
 
 def _problems_message(where: str, problems: list[str]) -> str:
@@ -563,15 +559,11 @@ def _variant_key(rule: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def _alert(rule: dict[str, Any], matcher: str | None) -> dict[str, Any]:
-    expr = rule["expr"]
-    if matcher:
-        expr = restrict_instances(expr, matcher)
-    if not re.fullmatch(r"[A-Za-z_:][A-Za-z0-9_:]*(\{[^{}]*\})?", expr):
-        expr = f"({expr})"
+    selector = f"{rule['series']}{{{matcher}}}" if matcher else rule["series"]
     threshold = rule["threshold"]
     return {
         "alert": alert_name(rule["name"]),
-        "expr": f"{expr} {rule['comparison']} {threshold['value']}",
+        "expr": f"{selector} {rule['comparison']} {threshold['value']}",
         "for": rule["duration"]["promql"],
         "labels": {
             "metric": rule["metric"],
@@ -589,28 +581,30 @@ def _alert(rule: dict[str, Any], matcher: str | None) -> dict[str, Any]:
     }
 
 
-def compile_alerts(
-    rules: Any,
-    catalog: Mapping[str, Any],
-    overrides_by_host: Mapping[str, Any] | None = None,
-) -> list[dict[str, Any]]:
-    """Prometheus alerting rules for the operators' rules, per host as overridden.
+def _flag(value: Any, variable: str) -> bool:
+    """A true/false inventory value; `-e name=true` arrives as a string."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower() if isinstance(value, (str, int)) else None
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0"):
+        return False
+    raise AnsibleFilterError(f"{variable} must be true or false, not {value!r}")
 
-    `overrides_by_host` maps each inventory host (its `instance` label) to its
-    `llmfleet_alert_overrides` (None or {} for none). For each rule, the variant most
-    hosts share (ties: the rule as written) applies to every instance except the hosts
-    of the other variants; each other variant applies to its hosts only; a disabled
-    variant compiles to nothing. Without hosts every rule compiles as written.
-    """
+
+def _effective_rules(
+    rules: Any, catalog: Mapping[str, Any], overrides_by_host: Mapping[str, Any] | None
+) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """The validated rules and each host's effective rules; every problem raised at once."""
     base = validate_rules(rules, catalog)
-    hosts = dict(overrides_by_host or {})
     problems: dict[str, list[str]] = {}
     effective_by_host: dict[str, list[dict[str, Any]]] = {}
-    for host, overrides in hosts.items():
+    for host, overrides in dict(overrides_by_host or {}).items():
         effective, found = apply_overrides(base, overrides)
         for problem in found:
             problems.setdefault(problem, []).append(str(host))
-        effective_by_host[host] = effective
+        effective_by_host[str(host)] = effective
     if problems:
         raise AnsibleFilterError(
             _problems_message(
@@ -618,15 +612,20 @@ def compile_alerts(
                 [f"{', '.join(where)}: {problem}" for problem, where in problems.items()],
             )
         )
+    return base, effective_by_host
 
+
+def _alerts(
+    base: list[dict[str, Any]], effective_by_host: Mapping[str, list[dict[str, Any]]]
+) -> list[dict[str, Any]]:
     alerts: list[dict[str, Any]] = []
     for position, rule in enumerate(base):
-        if not hosts:
+        if not effective_by_host:
             if rule["enabled"]:
                 alerts.append(_alert(rule, None))
             continue
         variants: dict[tuple[Any, ...], tuple[dict[str, Any], list[str]]] = {}
-        for host in sorted(hosts):
+        for host in sorted(effective_by_host):
             variant = effective_by_host[host][position]
             variants.setdefault(_variant_key(variant), (variant, []))[1].append(host)
         base_key = _variant_key(rule)
@@ -645,17 +644,88 @@ def compile_alerts(
     return alerts
 
 
+def _refuse_empty(base: list[dict[str, Any]], alerts: list[dict[str, Any]], allow: Any) -> None:
+    if alerts or _flag(allow, ALLOW_EMPTY_VARIABLE):
+        return
+    why = (
+        "llmfleet_alert_rules and llmfleet_alert_extra_rules hold no rule"
+        if not base
+        else "every rule is disabled (enabled: false) on every host"
+    )
+    raise AnsibleFilterError(
+        f"no alert rule is left: {why}, so the fleet would run unwatched. Add rules, or set "
+        f"{ALLOW_EMPTY_VARIABLE}: true in the inventory to run without alerts on purpose"
+    )
+
+
+def compile_alerts(
+    rules: Any,
+    catalog: Mapping[str, Any],
+    overrides_by_host: Mapping[str, Any] | None = None,
+    allow_empty: Any = False,
+) -> list[dict[str, Any]]:
+    """Prometheus alerting rules for the operators' rules, per host as overridden.
+
+    Each alert compares a recorded series (`llmfleet:<metric>:value`, see
+    value_recording_rules) with its threshold. `overrides_by_host` maps each inventory
+    host (its `instance` label) to its `llmfleet_alert_overrides` (None or {} for none).
+    For each rule, the variant most hosts share (ties: the rule as written) applies to
+    every instance except the hosts of the other variants (`{instance!~"a|b"}`); each
+    other variant applies to its hosts only (`{instance=~"a|b"}`); a disabled variant
+    compiles to nothing. Without hosts every rule compiles as written. No alert at all
+    is refused unless `allow_empty` (llmfleet_alert_rules_allow_empty) is true.
+    """
+    base, effective_by_host = _effective_rules(rules, catalog, overrides_by_host)
+    alerts = _alerts(base, effective_by_host)
+    _refuse_empty(base, alerts, allow_empty)
+    return alerts
+
+
+def value_recording_rules(
+    rules: list[dict[str, Any]], catalog: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """The recording rules of the values the alerts compare, for validated `rules`.
+
+    One per catalog metric (`llmfleet:gpu_utilization:value`), whether a rule uses it or
+    not, then one per rule with its own expr (`llmfleet:<rule name>:value`). Each
+    records its expression as it is, so the series keep the expression's labels.
+    """
+    recorded = [
+        {"record": recorded_series(metric), "expr": _catalog_entry(catalog, metric)["expr"]}
+        for metric in catalog
+    ]
+    recorded += [
+        {"record": rule["series"], "expr": rule["expr"]} for rule in rules if not rule["catalog"]
+    ]
+    return recorded
+
+
 def rules_file(
     rules: Any,
     catalog: Mapping[str, Any],
     recording_rules: Sequence[Mapping[str, Any]],
     overrides_by_host: Mapping[str, Any] | None = None,
+    allow_empty: Any = False,
 ) -> dict[str, Any]:
-    """The whole Prometheus rules document: the recording group, then the alert group."""
+    """The whole Prometheus rules document: the recording group, then the alert group.
+
+    The recording group holds `recording_rules` (the catalog reads some of them), then
+    the value of every catalog metric and of every rule with its own expr.
+    """
+    base, effective_by_host = _effective_rules(rules, catalog, overrides_by_host)
+    alerts = _alerts(base, effective_by_host)
+    _refuse_empty(base, alerts, allow_empty)
+    values = value_recording_rules(base, catalog)
+    taken = {rule.get("record") for rule in recording_rules} & {rule["record"] for rule in values}
+    if taken:
+        raise AnsibleFilterError(
+            f"monitoring_recording_rules already records {', '.join(sorted(taken))}; names "
+            "ending in :value are the alert rules' own (llmfleet:<metric>:value)"
+        )
     return {
         "groups": [
-            {"name": RECORDING_GROUP, "rules": [dict(rule) for rule in recording_rules]},
-            {"name": ALERT_GROUP, "rules": compile_alerts(rules, catalog, overrides_by_host)},
+            {"name": RECORDING_GROUP, "rules": [dict(rule) for rule in recording_rules] + values},
+            {"name": ALERT_GROUP, "rules": alerts},
         ]
     }
 

@@ -1,8 +1,13 @@
-"""Alert rules as data: parsing, validation messages, overrides and the compiled shape."""
+"""Alert rules as data: parsing, validation messages, overrides and the compiled shape.
+
+The shape: every value is recorded once (`llmfleet:<metric>:value`), every alert compares
+one recorded series with its threshold, and a per-host variant is a label matcher on it.
+"""
 
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +26,18 @@ spec.loader.exec_module(alerts)
 CATALOG: dict[str, Any] = DataLoader().load_from_file(
     str(REPO / "roles" / "monitoring" / "vars" / "main.yml")
 )["monitoring_alert_catalog"]
-DEFAULT_RULES: list[dict[str, Any]] = DataLoader().load_from_file(
+RECORDING: list[dict[str, Any]] = DataLoader().load_from_file(
+    str(REPO / "roles" / "monitoring" / "vars" / "main.yml")
+)["monitoring_recording_rules"]
+DEFAULTS: dict[str, Any] = DataLoader().load_from_file(
     str(REPO / "group_vars" / "all" / "alerts.yml")
-)["llmfleet_alert_rules"]
+)
+DEFAULT_RULES: list[dict[str, Any]] = DEFAULTS["llmfleet_alert_rules"]
+#: An alert's expr: one recorded series, at most one instance matcher, a comparison, a number.
+ALERT_EXPR = re.compile(
+    r'^(?P<series>llmfleet:[a-z0-9_]+:value)(\{instance(=~|!~)"[^"]*"\})? '
+    r"(>|>=|<|<=|==|!=) [0-9.]+$"
+)
 
 
 def rule(**changes: Any) -> dict[str, Any]:
@@ -56,6 +70,11 @@ def test_parse_threshold_to_base_units(text: Any, kind: str, value: str) -> None
     assert (parsed["kind"], parsed["value"], parsed["comparison"]) == (kind, value, None)
 
 
+def test_parse_threshold_takes_100_percent_and_large_finite_numbers() -> None:
+    assert alerts.parse_threshold("100%")["value"] == "1"
+    assert alerts.parse_threshold("1e300")["value"] == "1" + "0" * 300
+
+
 def test_parse_threshold_keeps_a_leading_comparison_and_the_text() -> None:
     parsed = alerts.parse_threshold("<= 10 %")
     assert parsed == {"text": "10 %", "comparison": "<=", "kind": "ratio", "value": "0.1"}
@@ -69,6 +88,17 @@ def test_parse_threshold_keeps_a_leading_comparison_and_the_text() -> None:
         ("5 parsecs", "unknown unit 'parsecs'"),
         (True, "is not a value"),
         ("", "does not parse"),
+        ("150%", "is above 100%; a percentage is a share, from 0% to 100%"),
+        ("100.5%", "is above 100%"),
+        ("> 101 %", "is above 100%"),
+        ("1e999%", "is not a finite number"),
+        ("1e999", "is not a finite number"),
+        ("1e300TiB", "is not a finite number"),
+        ("nan", "is not a finite number"),
+        ("NaN%", "is not a finite number"),
+        ("-Inf", "is not a finite number"),
+        (float("inf"), "is not a finite number"),
+        (float("nan"), "is not a finite number"),
     ],
 )
 def test_parse_threshold_refuses_what_it_cannot_read(text: Any, message: str) -> None:
@@ -90,6 +120,7 @@ def test_parse_threshold_refuses_what_it_cannot_read(text: Any, message: str) ->
         ("1d", "24h", "86400"),
         ("1500ms", "1500ms", "1.5"),
         ("0s", "0s", "0"),
+        ("3650d", "87600h", "315360000"),
     ],
 )
 def test_parse_duration_to_one_prometheus_unit(text: str, promql: str, seconds: str) -> None:
@@ -107,6 +138,9 @@ def test_parse_duration_to_one_prometheus_unit(text: str, promql: str, seconds: 
         ("min5", "does not parse"),
         ("0.5ms", "finer than a millisecond"),
         ("10us", "unknown unit 'us'"),
+        ("100000000w", "is longer than 10 years; Prometheus keeps durations in 64-bit millis"),
+        ("3650d 1s", "is longer than 10 years"),
+        ("522w", "write at most 3650d"),
     ],
 )
 def test_parse_duration_refuses_what_it_cannot_read(text: Any, message: str) -> None:
@@ -214,6 +248,22 @@ def test_every_problem_of_every_rule_is_listed_at_once() -> None:
     assert "rule 4: is not a mapping" in message
 
 
+def test_limits_are_refused_at_render_time_naming_the_rule() -> None:
+    message = problems_of(
+        [
+            rule(threshold="150%"),
+            rule(name="gpu_nan", threshold="nan"),
+            rule(name="gpu_huge", threshold="1e999%"),
+            rule(name="gpu_forever", duration="100000000w"),
+        ]
+    )
+    assert message.startswith("llmfleet_alert_rules has 4 problem(s):")
+    assert "rule 1 (gpu_utilization): threshold '150%' is above 100%" in message
+    assert "rule 2 (gpu_nan): threshold 'nan' is not a finite number" in message
+    assert "rule 3 (gpu_huge): threshold '1e999%' is not a finite number" in message
+    assert "rule 4 (gpu_forever): duration '100000000w' is longer than 10 years" in message
+
+
 def test_two_rules_of_one_metric_need_their_own_names() -> None:
     message = problems_of([rule(), rule(threshold="98%")])
     assert "rule 2 (gpu_utilization): the name gpu_utilization is taken by rule 1" in message
@@ -222,19 +272,61 @@ def test_two_rules_of_one_metric_need_their_own_names() -> None:
 
 
 def test_a_rule_with_its_own_expr_skips_the_catalog() -> None:
+    own = 'max by (instance) (DCGM_FI_DEV_GPU_TEMP{job="node"})'
     [custom] = alerts.validate_rules(
-        [rule(metric="gpu_temperature", expr='max by (instance) (DCGM_FI_DEV_GPU_TEMP{job="node"})',
-              threshold=85, severity="critical")],
-    CATALOG)  # fmt: skip
+        [rule(metric="gpu_temperature", expr=f"  {own}\n", threshold=85, severity="critical")],
+        CATALOG,
+    )
     assert custom["catalog"] is False
     assert custom["unit"] == "number"
+    assert (custom["expr"], custom["series"]) == (own, "llmfleet:gpu_temperature:value")
     assert custom["summary"] == (
         "gpu_temperature on {{ $labels.instance }} is {{ $value | humanize }}"
     )
-    [compiled] = alerts.compile_alerts([rule(metric="gpu_temperature", threshold=85,
-                                             expr="DCGM_FI_DEV_GPU_TEMP")], CATALOG)  # fmt: skip
-    assert compiled["expr"] == "DCGM_FI_DEV_GPU_TEMP > 85"
+    rules = [rule(metric="gpu_temperature", threshold=85, expr="DCGM_FI_DEV_GPU_TEMP")]
+    [compiled] = alerts.compile_alerts(rules, CATALOG)
+    assert compiled["expr"] == "llmfleet:gpu_temperature:value > 85"
     assert compiled["labels"]["metric"] == "gpu_temperature"
+    recording = alerts.rules_file(rules, CATALOG, [])["groups"][0]["rules"]
+    assert recording[-1] == {"record": "llmfleet:gpu_temperature:value",
+                             "expr": "DCGM_FI_DEV_GPU_TEMP"}  # fmt: skip
+
+
+def test_a_rule_with_its_own_expr_records_under_its_name() -> None:
+    rules = [
+        rule(metric="gpu_temperature", name="gpu-hot", expr="max by (instance) (t)", threshold=85),
+        rule(metric="gpu_temperature", name="gpu_warm", expr="avg by (instance) (t)", threshold=70),
+    ]
+    compiled = alerts.compile_alerts(rules, CATALOG)
+    assert [a["expr"] for a in compiled] == [
+        "llmfleet:gpu_hot:value > 85",
+        "llmfleet:gpu_warm:value > 70",
+    ]
+    assert [a["labels"]["metric"] for a in compiled] == ["gpu_temperature"] * 2
+    recording = alerts.rules_file(rules, CATALOG, [])["groups"][0]["rules"]
+    assert recording[-2:] == [
+        {"record": "llmfleet:gpu_hot:value", "expr": "max by (instance) (t)"},
+        {"record": "llmfleet:gpu_warm:value", "expr": "avg by (instance) (t)"},
+    ]
+
+
+def test_a_rule_with_its_own_expr_needs_a_series_of_its_own() -> None:
+    message = problems_of(
+        [
+            rule(expr="DCGM_FI_DEV_GPU_UTIL / 100"),
+            rule(metric="hot", name="gpu-hot", expr="t", threshold=1),
+            rule(metric="hot", name="gpu_hot", expr="t", threshold=2),
+        ]
+    )
+    assert (
+        "rule 1 (gpu_utilization): with its own expr it records llmfleet:gpu_utilization:value, "
+        "which the catalog records for gpu_utilization; give the rule another name "
+        "(name: gpu_utilization_own)"
+    ) in message
+    assert (
+        "rule 3 (gpu_hot): it records llmfleet:gpu_hot:value, as rule 2 does; rename one of them"
+    ) in message
+    assert message.startswith("llmfleet_alert_rules has 2 problem(s):")
 
 
 def test_an_expr_must_not_hold_the_comparison() -> None:
@@ -242,11 +334,75 @@ def test_an_expr_must_not_hold_the_comparison() -> None:
     assert "expr holds the comparison >; write only the value there" in message
 
 
+@pytest.mark.parametrize(
+    ("expr", "comparison"),
+    [
+        ("DCGM_FI_DEV_GPU_TEMP > 85", ">"),
+        ("a >= b", ">="),
+        ("a<=1", "<="),
+        ("up == 0", "=="),
+        ("up != 1", "!="),
+        ("x / y < 0.1 or z", "<"),
+        ("up", None),
+        ('rate(x{code=~"5..",job!="a"}[5m])', None),
+        ('label_replace(m, "dst", "a>b", "src", "(.*)")', None),
+        ("llmfleet:oom_errors:rate1m > bool 0", None),
+        ("sum by (instance) (a) / on (instance) group_left (gpu) b", None),
+    ],
+)
+def test_expr_comparison_reads_outside_strings_and_matchers(
+    expr: str, comparison: str | None
+) -> None:
+    assert alerts.expr_comparison(expr) == comparison
+
+
 def test_endpoint_down_takes_the_catalog_threshold() -> None:
-    [down] = alerts.compile_alerts(
-        [{"metric": "endpoint_down", "duration": "1m", "action": "notify"}], CATALOG
+    rules = [{"metric": "endpoint_down", "duration": "1m", "action": "notify"}]
+    [down] = alerts.compile_alerts(rules, CATALOG)
+    assert down["expr"] == "llmfleet:endpoint_down:value == 0"
+    recording = alerts.rules_file(rules, CATALOG, [])["groups"][0]["rules"]
+    assert {"record": "llmfleet:endpoint_down:value", "expr": 'up{job="llmfleet-frontdoor"}'} in (
+        recording
     )
-    assert down["expr"] == 'up{job="llmfleet-frontdoor"} == 0'
+
+
+# --------------------------------------------------------------------------- empty
+
+
+def test_an_empty_rule_list_fails_naming_the_variable() -> None:
+    for rules in ([], None):
+        with pytest.raises(AnsibleFilterError) as caught:
+            alerts.compile_alerts(rules, CATALOG)
+        message = str(caught.value)
+        assert "llmfleet_alert_rules and llmfleet_alert_extra_rules hold no rule" in message
+        assert "set llmfleet_alert_rules_allow_empty: true in the inventory" in message
+    with pytest.raises(AnsibleFilterError, match="hold no rule"):
+        alerts.rules_file([], CATALOG, RECORDING)
+
+
+def test_rules_disabled_on_every_host_fail_like_an_empty_list() -> None:
+    off = {"gpu_utilization": {"enabled": False}}
+    with pytest.raises(AnsibleFilterError) as caught:
+        alerts.compile_alerts([rule()], CATALOG, {"a": off, "b": off})
+    assert "every rule is disabled (enabled: false) on every host" in str(caught.value)
+    assert "llmfleet_alert_rules_allow_empty" in str(caught.value)
+    with pytest.raises(AnsibleFilterError, match="every rule is disabled"):
+        alerts.compile_alerts([rule(enabled=False)], CATALOG)
+
+
+@pytest.mark.parametrize("allow", [True, "true", "yes", "True"])
+def test_no_alert_on_purpose_when_the_inventory_says_so(allow: Any) -> None:
+    assert alerts.compile_alerts([], CATALOG, None, allow) == []
+    document = alerts.rules_file([], CATALOG, RECORDING, None, allow)
+    assert document["groups"][1] == {"name": "llmfleet-alerts", "rules": []}
+    assert len(document["groups"][0]["rules"]) == len(RECORDING) + len(CATALOG)
+
+
+def test_allow_empty_is_true_or_false() -> None:
+    with pytest.raises(AnsibleFilterError, match="llmfleet_alert_rules_allow_empty must be true"):
+        alerts.compile_alerts([], CATALOG, None, "maybe")
+    assert alerts.compile_alerts([rule()], CATALOG, None, "false")
+    assert DEFAULTS["llmfleet_alert_rules_allow_empty"] is False
 
 
 # --------------------------------------------------------------------------- compile
@@ -256,7 +412,7 @@ def test_the_compiled_alert_carries_labels_and_annotations() -> None:
     [alert] = alerts.compile_alerts([rule(action="send_notification")], CATALOG)
     assert alert == {
         "alert": "LlmfleetGpuUtilization",
-        "expr": '(DCGM_FI_DEV_GPU_UTIL{job="node"} / 100) > 0.9',
+        "expr": "llmfleet:gpu_utilization:value > 0.9",
         "for": "5m",
         "labels": {
             "metric": "gpu_utilization",
@@ -281,13 +437,16 @@ def test_every_default_alert_names_host_and_value_and_routes() -> None:
         assert alert["labels"]["action"] in ("notify", "rollback")
         assert alert["labels"]["severity"] in ("info", "warning", "critical")
         assert alert["labels"]["metric"] in CATALOG
+        found = ALERT_EXPR.match(alert["expr"])
+        assert found, alert["expr"]
+        assert found["series"] == f"llmfleet:{alert['labels']['metric']}:value"
 
 
 def test_a_leading_comparison_turns_the_rule_round() -> None:
     [alert] = alerts.compile_alerts(
         [rule(metric="qps", threshold="< 1", duration="30min")], CATALOG
     )
-    assert alert["expr"] == "llmfleet:requests:rate1m < 1"
+    assert alert["expr"] == "llmfleet:qps:value < 1"
     assert alert["annotations"]["description"].startswith("qps < 1 for 30min")
 
 
@@ -298,8 +457,37 @@ def test_the_rules_file_holds_both_groups() -> None:
         "llmfleet-recording",
         "llmfleet-alerts",
     ]
-    assert document["groups"][0]["rules"] == recording
+    recorded = document["groups"][0]["rules"]
+    assert recorded[0] == recording[0]
+    assert recorded[1:] == [
+        {"record": f"llmfleet:{metric}:value", "expr": entry["expr"]}
+        for metric, entry in CATALOG.items()
+    ]
     assert document["groups"][1]["rules"][0]["alert"] == "LlmfleetGpuUtilization"
+
+
+def test_the_recording_group_keeps_its_names_and_adds_a_value_per_metric() -> None:
+    """The existing recording rules come first, unchanged (dashboards and verify read them);
+    the values follow, so a catalog expr may read any of them."""
+    document = alerts.rules_file(DEFAULT_RULES, CATALOG, RECORDING)
+    names = [recorded["record"] for recorded in document["groups"][0]["rules"]]
+    assert names[: len(RECORDING)] == [
+        "llmfleet:requests:rate1m",
+        "llmfleet:request_errors:rate1m",
+        "llmfleet:requests_rejected:rate1m",
+        "llmfleet:request_latency_seconds:p99_5m",
+        "llmfleet:oom_errors:rate1m",
+        "llmfleet:oom_errors:ratio_rate1m",
+        "llmfleet:engine_busy_slots:total",
+    ]
+    assert names[len(RECORDING) :] == [f"llmfleet:{metric}:value" for metric in CATALOG]
+    assert len(set(names)) == len(names)
+
+
+def test_a_recording_rule_may_not_take_a_value_name() -> None:
+    recording = [{"record": "llmfleet:qps:value", "expr": "sum(up)"}]
+    with pytest.raises(AnsibleFilterError, match="already records llmfleet:qps:value"):
+        alerts.rules_file([rule()], CATALOG, recording)
 
 
 # --------------------------------------------------------------------------- overrides
@@ -323,11 +511,10 @@ def test_host_overrides_compile_to_one_rule_per_variant() -> None:
         },
     )
     assert exprs(compiled, "LlmfleetGpuUtilization") == [
-        ('(DCGM_FI_DEV_GPU_UTIL{job="node",instance!~"gpu-c|gpu-d|gpu-e|gpu-f"} / 100) > 0.9',
+        ('llmfleet:gpu_utilization:value{instance!~"gpu-c|gpu-d|gpu-e|gpu-f"} > 0.9',
          "5m", "notify"),
-        ('(DCGM_FI_DEV_GPU_UTIL{job="node",instance=~"gpu-c|gpu-d"} / 100) > 0.97',
-         "10m", "notify"),
-        ('(DCGM_FI_DEV_GPU_UTIL{job="node",instance=~"gpu-e"} / 100) > 0.9', "5m", "rollback"),
+        ('llmfleet:gpu_utilization:value{instance=~"gpu-c|gpu-d"} > 0.97', "10m", "notify"),
+        ('llmfleet:gpu_utilization:value{instance=~"gpu-e"} > 0.9', "5m", "rollback"),
     ]  # fmt: skip
 
 
@@ -339,8 +526,8 @@ def test_the_variant_most_hosts_share_is_the_catch_all() -> None:
         {"a": group, "b": group, "c": {"qps": {"threshold": 200}}},
     )
     assert exprs(compiled, "LlmfleetQps") == [
-        ('llmfleet:requests:rate1m{instance!~"c"} > 80', "5m", "notify"),
-        ('llmfleet:requests:rate1m{instance=~"c"} > 200', "5m", "notify"),
+        ('llmfleet:qps:value{instance!~"c"} > 80', "5m", "notify"),
+        ('llmfleet:qps:value{instance=~"c"} > 200', "5m", "notify"),
     ]
 
 
@@ -350,16 +537,37 @@ def test_a_rule_off_on_most_hosts_only_fires_on_the_rest() -> None:
         [rule(metric="batch_size", threshold=1.8)], CATALOG, {"a": off, "b": off, "c": {}}
     )
     [only] = compiled
-    assert only["expr"] == (
-        '(rate(llmfleet:engine_busy_slots:total{instance=~"c"}[5m]) / '
-        'rate(llamacpp:n_decode_total{job="llmfleet-engine",instance=~"c"}[5m])) > 1.8'
-    )
+    assert only["expr"] == 'llmfleet:batch_size:value{instance=~"c"} > 1.8'
 
 
 def test_the_same_overrides_everywhere_need_no_instance_matcher() -> None:
     same = {"gpu_utilization": {"threshold": "95%"}}
     [alert] = alerts.compile_alerts([rule()], CATALOG, {"a": same, "b": same})
-    assert alert["expr"] == '(DCGM_FI_DEV_GPU_UTIL{job="node"} / 100) > 0.95'
+    assert alert["expr"] == "llmfleet:gpu_utilization:value > 0.95"
+
+
+def test_every_variant_selects_on_the_recorded_series_only() -> None:
+    """Heavy overrides on every default rule: each alert is still `series{matcher} op n`,
+    its series is recorded, and the hosts of one rule's variants never overlap."""
+    hosts = {f"gpu-{index:02d}.dc1": {} for index in range(6)}
+    hosts["gpu-01.dc1"] = {"gpu_utilization": {"threshold": "97%"}, "qps": {"enabled": False}}
+    hosts["gpu-02.dc1"] = {"endpoint_down": {"duration": "5m"}, "p99_latency": {"threshold": "5s"}}
+    hosts["gpu-03.dc1"] = {"oom_error_rate": {"action": "notify"}, "queue_depth": {"threshold": 3}}
+    document = alerts.rules_file(DEFAULT_RULES, CATALOG, RECORDING, hosts)
+    recorded = {recorded["record"] for recorded in document["groups"][0]["rules"]}
+    compiled = document["groups"][1]["rules"]
+    assert len(compiled) == 12 + 5  # five rules with one other variant each
+    selected: dict[str, list[str]] = {}
+    for alert in compiled:
+        found = ALERT_EXPR.match(alert["expr"])
+        assert found, alert["expr"]
+        assert found["series"] in recorded
+        selected.setdefault(alert["alert"], []).append(alert["expr"])
+    assert selected["LlmfleetQps"] == ['llmfleet:qps:value{instance!~"gpu-01\\\\.dc1"} > 50']
+    assert selected["LlmfleetEndpointDown"] == [
+        'llmfleet:endpoint_down:value{instance!~"gpu-02\\\\.dc1"} == 0',
+        'llmfleet:endpoint_down:value{instance=~"gpu-02\\\\.dc1"} == 0',
+    ]
 
 
 def test_an_override_keyed_by_metric_reaches_every_rule_of_it() -> None:
@@ -402,39 +610,19 @@ def test_overrides_by_host_reads_each_hosts_variable() -> None:
     }
 
 
-# --------------------------------------------------------------------------- PromQL helpers
+# --------------------------------------------------------------------------- series helpers
 
 
 @pytest.mark.parametrize(
-    ("expr", "restricted"),
+    ("name", "series"),
     [
-        ("up", 'up{instance=~"a"}'),
-        ('up{job="x"}', 'up{job="x",instance=~"a"}'),
-        ("up{}", 'up{instance=~"a"}'),
-        (
-            'sum by (instance, le) (rate(x_bucket{job="j"}[5m]))',
-            'sum by (instance, le) (rate(x_bucket{job="j",instance=~"a"}[5m]))',
-        ),
-        (
-            "a / on (instance) group_left (gpu) b offset 5m",
-            'a{instance=~"a"} / on (instance) group_left (gpu) b{instance=~"a"} offset 5m',
-        ),
-        (
-            'label_replace(m, "dst", "$1", "src", "(.*)") > bool 0',
-            'label_replace(m{instance=~"a"}, "dst", "$1", "src", "(.*)") > bool 0',
-        ),
-        ('{__name__=~"node_vmstat_pswp.+"}', '{__name__=~"node_vmstat_pswp.+",instance=~"a"}'),
-        ("sum(rate(llamacpp:n_decode_total[1m])) by (instance)",
-         'sum(rate(llamacpp:n_decode_total{instance=~"a"}[1m])) by (instance)'),
+        ("gpu_utilization", "llmfleet:gpu_utilization:value"),
+        ("p99_latency", "llmfleet:p99_latency:value"),
+        ("oom-error-rate", "llmfleet:oom_error_rate:value"),
     ],
-)  # fmt: skip
-def test_restrict_instances_adds_the_matcher_to_every_selector(expr: str, restricted: str) -> None:
-    assert alerts.restrict_instances(expr, 'instance=~"a"') == restricted
-
-
-def test_restrict_instances_needs_a_selector() -> None:
-    with pytest.raises(alerts.RuleError, match="has no series selector"):
-        alerts.restrict_instances("vector(1)", 'instance=~"a"')
+)
+def test_recorded_series(name: str, series: str) -> None:
+    assert alerts.recorded_series(name) == series
 
 
 def test_instance_matcher_escapes_regex_characters() -> None:
