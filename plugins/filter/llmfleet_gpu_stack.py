@@ -1,7 +1,9 @@
-"""The GPU stack's decisions as pure functions: driver packages, Secure Boot, CUDA, daemon.json.
+"""The GPU stack's decisions as pure functions: driver packages, Secure Boot, CUDA, versions.
 
-The roles nvidia_driver, cuda_toolkit and container_runtime call these filters and keep their
-tasks to applying the result. Tests: tests/unit/test_gpu_stack_filters.py.
+The OS data (package names per distribution and method, CUDA's folders, the minimum driver of
+each CUDA release) lives in the roles' ``vars/`` files; these functions combine it with the
+settings and the facts. The roles nvidia_driver and cuda_toolkit call them and keep their tasks
+to applying the result. Tests: tests/unit/test_gpu_stack_filters.py.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Mapping
 from typing import Any
 
 try:
@@ -19,39 +22,32 @@ except ImportError:  # the unit tests import this file without Ansible's plugin 
 DRIVER_METHODS = ("distribution", "cuda_repo")
 CUDA_METHODS = ("distribution", "cuda_repo")
 
-#: The oldest Linux driver each CUDA release runs on (NVIDIA's CUDA Toolkit release notes,
-#: table 3, "CUDA Toolkit and Corresponding Driver Versions", minimum for the GA release).
-CUDA_MIN_DRIVER = {
-    "11.0": "450.36.06",
-    "11.1": "455.23",
-    "11.2": "460.27.03",
-    "11.3": "465.19.01",
-    "11.4": "470.42.01",
-    "11.5": "495.29.05",
-    "11.6": "510.39.01",
-    "11.7": "515.43.04",
-    "11.8": "520.61.05",
-    "12.0": "525.60.13",
-    "12.1": "530.30.02",
-    "12.2": "535.54.03",
-}
-
 _BRANCH_RE = re.compile(r"^[0-9]{3}$")
 _CUDA_RE = re.compile(r"^[0-9]{2}\.[0-9]$")
 _NVCC_RE = re.compile(r"release ([0-9]+\.[0-9]+)")
+_UPSTREAM_RE = re.compile(r"^[0-9]+(\.[0-9]+)*")
 
 
-def version_tuple(version: str) -> tuple[int, ...]:
-    """'535.261.03' -> (535, 261, 3); the Debian revision and epoch are ignored."""
-    text = str(version).split(":", 1)[-1]
-    numbers = re.match(r"^[0-9]+(\.[0-9]+)*", text.strip())
-    if not numbers:
-        raise ValueError(f"not a version: {version!r}")
-    return tuple(int(part) for part in numbers.group(0).split("."))
+def fill(template: str, **fields: str) -> str:
+    """'cuda-drivers-{branch}' with branch='535' -> 'cuda-drivers-535' (the vars files' names)."""
+    try:
+        return str(template).format_map(fields)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise AnsibleFilterError(
+            f"{template!r} in the role's vars/ names an unknown placeholder {exc}; "
+            f"known: {', '.join('{' + name + '}' for name in sorted(fields))}"
+        ) from exc
 
 
-def version_at_least(version: str, minimum: str) -> bool:
-    return version_tuple(version) >= version_tuple(minimum)
+def driver_version(text: str | None) -> str:
+    """The upstream part of a driver version: '1:535.104.05-1~deb12u1' -> '535.104.05'.
+
+    Empty when there is none ('', 'N/A'), so that a task can say "no driver" instead of
+    comparing something that is not a version.
+    """
+    upstream = str(text or "").strip().split(":", 1)[-1]
+    match = _UPSTREAM_RE.match(upstream)
+    return match.group(0) if match else ""
 
 
 def driver_plan(
@@ -61,15 +57,26 @@ def driver_plan(
     kernel: str,
     nvswitch_count: int | None = 0,
     server: bool = True,
+    *,
+    packages: Mapping[str, Any] | None = None,
+    cuda_repo_packages: Mapping[str, Any] | None = None,
+    headers: str | None = None,
+    server_suffix: str = "",
 ) -> dict[str, Any]:
-    """The driver's packages for a host.
+    """The driver's packages for a host, from the OS data of roles/nvidia_driver/vars/.
+
+    ``packages`` (the distribution's own, from ``vars/<OS>.yml``) and ``cuda_repo_packages``
+    (NVIDIA's CUDA repository, ``vars/main.yml``) each hold ``{userspace, kernel,
+    fabricmanager}``, names with the placeholders ``{branch}`` and ``{suffix}``
+    (``server_suffix`` when ``server``); ``headers`` is the running kernel's headers package,
+    with ``{kernel}``. ``packages`` and ``headers`` are None on an OS the role has no data for.
 
     Returns ``{userspace, kernel, hold, fabricmanager, version_pattern, version_package,
-    problems}``: the
-    user-space packages (libraries, nvidia-smi, nvidia-persistenced), the kernel side (DKMS
-    module and the running kernel's headers), the packages to hold, the fabric manager's
-    package (NVSwitch hosts) or None, the apt version pattern of the branch, and the reasons
-    the plan cannot be applied (empty when it can).
+    problems}``: the user-space packages (libraries, nvidia-smi, nvidia-persistenced), the kernel
+    side (DKMS module and the running kernel's headers), the packages to hold, the fabric
+    manager's package (NVSwitch hosts) or None, the apt version pattern of the branch, the
+    package whose version is the driver's, and the reasons the plan cannot be applied (empty
+    when it can).
     """
     problems: list[str] = []
     branch = str(branch)
@@ -77,45 +84,32 @@ def driver_plan(
         problems.append(f"nvidia_driver_method must be one of {', '.join(DRIVER_METHODS)}")
     if not _BRANCH_RE.match(branch):
         problems.append(f"nvidia_driver_branch must be a driver branch like 535, got {branch!r}")
-    family = str(distribution).lower()
-    if family not in ("debian", "ubuntu"):
-        problems.append(f"the driver is installed on Debian or Ubuntu only, not {distribution}")
-    headers = f"linux-headers-{kernel}"
-    flavour = "-server" if server else ""
-    fabricmanager: str | None = None
-    if method == "cuda_repo":
-        # NVIDIA's CUDA repository: one metapackage per branch pulls the driver and its DKMS
-        # module; the fabric manager comes from the same repository, version for version.
-        userspace = [f"cuda-drivers-{branch}"]
-        kernel_side = [headers]
-        fabricmanager = f"nvidia-fabricmanager-{branch}"
-    elif family == "ubuntu":
-        userspace = [
-            f"libnvidia-compute-{branch}{flavour}",
-            f"nvidia-utils-{branch}{flavour}",
-            f"nvidia-compute-utils-{branch}{flavour}",
-        ]
-        kernel_side = [f"nvidia-dkms-{branch}{flavour}", headers]
-        fabricmanager = f"nvidia-fabricmanager-{branch}"
-    else:
-        # Debian's non-free packages for a compute server: the libraries, nvidia-smi and the
-        # persistence daemon, without the X.org parts the nvidia-driver metapackage brings.
-        userspace = ["nvidia-smi", "libcuda1", "libnvidia-ml1", "nvidia-persistenced"]
-        kernel_side = ["nvidia-kernel-dkms", headers]
+    if packages is None or headers is None:
+        problems.append(
+            f"no driver packages are known for {distribution}: "
+            f"roles/nvidia_driver/vars/ has no file for it"
+        )
+    source = (cuda_repo_packages if method == "cuda_repo" else packages) or {}
+    fields = {"branch": branch, "suffix": server_suffix if server else "", "kernel": str(kernel)}
+    userspace = [fill(name, **fields) for name in source.get("userspace") or []]
+    headers_package = fill(headers, **fields) if headers else None
+    kernel_side = [fill(name, **fields) for name in source.get("kernel") or []]
+    kernel_side += [headers_package] if headers_package else []
+    fabricmanager = fill(source["fabricmanager"], **fields) if source.get("fabricmanager") else None
     if (nvswitch_count or 0) > 0 and fabricmanager is None:
         problems.append(
             f"this host has {nvswitch_count} NVSwitch bridges and needs nvidia-fabricmanager of "
-            "exactly the driver's version, which Debian does not package: set "
+            f"exactly the driver's version, which {distribution} does not package: set "
             "nvidia_driver_method: cuda_repo and carry NVIDIA's CUDA repository in the bundle"
         )
     return {
         "userspace": userspace,
         "kernel": kernel_side,
-        "hold": [name for name in userspace + kernel_side if name != headers],
+        "hold": [name for name in userspace + kernel_side if name != headers_package],
         "fabricmanager": fabricmanager if (nvswitch_count or 0) > 0 else None,
         "version_pattern": f"{branch}.*",
         # the package whose version is the driver's (the fabric manager must match it)
-        "version_package": userspace[0],
+        "version_package": userspace[0] if userspace else "",
         "problems": problems,
     }
 
@@ -135,53 +129,37 @@ def cuda_plan(
     version: str,
     method: str,
     distribution: str,
-    driver_version: str | None,
-    minimum_drivers: dict[str, str] | None = None,
+    *,
+    distribution_cuda: Mapping[str, Any] | None = None,
+    cuda_repo: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """CUDA: ``{packages, home, bin_dir, lib_dir, minimum_driver, problems}``.
+    """CUDA's packages and folders: ``{packages, home, bin_dir, lib_dir, problems}``.
 
-    ``problems`` says why it cannot go on (empty when it can). Debian's CUDA keeps nvcc in
-    /usr/bin and its libraries in the multiarch folder; ``home`` is /usr/lib/cuda, the
-    CUDA_HOME Debian's packages lay out for build systems.
+    ``distribution_cuda`` (the OS archive's CUDA, from roles/cuda_toolkit/vars/<OS>.yml; empty
+    or None where the archive has none) and ``cuda_repo`` (NVIDIA's CUDA repository,
+    vars/main.yml) each hold ``{packages, home, bin_dir, lib_dir}`` with the placeholders
+    ``{version}``, ``{major}`` and ``{minor}``. ``problems`` says why it cannot go on (empty
+    when it can). The driver is checked against the release by the role's tasks.
     """
-    table = minimum_drivers or CUDA_MIN_DRIVER
     version = str(version)
     problems: list[str] = []
     if not _CUDA_RE.match(version):
         problems.append(f"cuda_toolkit_version must be a release like 11.8, got {version!r}")
     if method not in CUDA_METHODS:
         problems.append(f"cuda_toolkit_method must be one of {', '.join(CUDA_METHODS)}")
-    minimum = table.get(version)
-    if minimum is None and not problems:
-        problems.append(
-            f"no minimum driver known for CUDA {version} (known: {', '.join(sorted(table))})"
-        )
-    if not driver_version:
-        problems.append("no NVIDIA driver is loaded or installed: run the nvidia_driver role first")
-    elif minimum and not version_at_least(driver_version, minimum):
-        problems.append(
-            f"CUDA {version} needs NVIDIA driver {minimum} or newer; this host's driver is "
-            f"{driver_version}: upgrade nvidia_driver_branch (and reboot) first"
-        )
-    if method == "cuda_repo":
-        packages = [f"cuda-toolkit-{version.replace('.', '-')}"]
-        home = f"/usr/local/cuda-{version}"
-        bin_dir, lib_dir = f"{home}/bin", f"{home}/lib64"
-    elif str(distribution).lower() == "debian":
-        packages = [f"nvidia-cuda-toolkit={version}.*"]
-        home, bin_dir, lib_dir = "/usr/lib/cuda", "/usr/bin", "/usr/lib/x86_64-linux-gnu"
-    else:
+    source = (cuda_repo if method == "cuda_repo" else distribution_cuda) or {}
+    if method == "distribution" and not source:
         problems.append(
             f"{distribution} has no CUDA {version} in its own archive: set cuda_toolkit_method: "
             "cuda_repo and carry NVIDIA's CUDA repository in the bundle"
         )
-        packages, home, bin_dir, lib_dir = [], "", "", ""
+    major, _, minor = version.partition(".")
+    fields = {"version": version, "major": major, "minor": minor}
     return {
-        "packages": packages,
-        "home": home,
-        "bin_dir": bin_dir,
-        "lib_dir": lib_dir,
-        "minimum_driver": minimum,
+        "packages": [fill(name, **fields) for name in source.get("packages") or []],
+        "home": fill(source.get("home") or "", **fields),
+        "bin_dir": fill(source.get("bin_dir") or "", **fields),
+        "lib_dir": fill(source.get("lib_dir") or "", **fields),
         "problems": problems,
     }
 
@@ -192,43 +170,12 @@ def nvcc_release(output: str) -> str | None:
     return match.group(1) if match else None
 
 
-def docker_daemon_config(
-    data_root: str,
-    log_max_size: str,
-    log_max_file: int,
-    live_restore: bool,
-    nvidia: bool,
-    nvidia_runtime_path: str,
-    nvidia_default: bool,
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """daemon.json: the role's settings, the NVIDIA runtime on GPU hosts, then `extra` on top."""
-    config: dict[str, Any] = {
-        "data-root": data_root,
-        "log-driver": "json-file",
-        "log-opts": {"max-size": str(log_max_size), "max-file": str(log_max_file)},
-        "live-restore": bool(live_restore),
-    }
-    if nvidia:
-        config["runtimes"] = {"nvidia": {"path": nvidia_runtime_path, "runtimeArgs": []}}
-        if nvidia_default:
-            config["default-runtime"] = "nvidia"
-    elif nvidia_default:
-        raise AnsibleFilterError(
-            "container_runtime_nvidia_default is true on a host without the NVIDIA runtime"
-        )
-    for key, value in (extra or {}).items():
-        config[key] = value
-    return config
-
-
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
             "llmfleet_driver_plan": driver_plan,
+            "llmfleet_driver_version": driver_version,
             "llmfleet_secure_boot_enabled": secure_boot_enabled,
             "llmfleet_cuda_plan": cuda_plan,
             "llmfleet_nvcc_release": nvcc_release,
-            "llmfleet_version_at_least": version_at_least,
-            "llmfleet_docker_daemon_config": docker_daemon_config,
         }
