@@ -1,7 +1,7 @@
 """Fleet operations: blue/green colors, upgrade plans and rollback targets.
 
-The state of a host is the local fact ``ansible_local.llmfleet_service``
-(``/etc/ansible/facts.d/llmfleet_service.fact``)::
+The state of a host is the local fact ``ansible_local.blue_green``
+(``/etc/ansible/facts.d/blue_green.fact``, written by the blue_green role alone)::
 
     {"active": "blue", "previous": "green",
      "colors": {"blue":  {"build": "<build id>", "model": {...}, "args": "...", "port": 8081},
@@ -31,13 +31,13 @@ class FleetError(ValueError):
 def _colors(colors: Mapping[str, Any]) -> dict[str, int]:
     """``{"blue": {"port": 8081}, ...}`` -> ``{"blue": 8081, ...}``, two colors, two ports."""
     if not isinstance(colors, Mapping) or len(colors) != 2:
-        raise FleetError(f"inference_service_colors needs exactly two colors, got {colors!r}")
+        raise FleetError(f"llmfleet_engine_colors needs exactly two colors, got {colors!r}")
     ports = {}
     for name, entry in colors.items():
         port = entry.get("port") if isinstance(entry, Mapping) else None
         if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
             raise FleetError(
-                f"inference_service_colors.{name}.port must be a port number, got {port!r}"
+                f"llmfleet_engine_colors.{name}.port must be a port number, got {port!r}"
             )
         ports[str(name)] = port
     if len(set(ports.values())) != 2:
@@ -67,7 +67,7 @@ def active_color(state: Mapping[str, Any] | None, colors: Mapping[str, Any]) -> 
     if active not in ports:
         raise FleetError(
             f"the host's local fact names the active color {active!r}, which is not one of "
-            f"inference_service_colors ({', '.join(ports)}); fix the fact or the colors"
+            f"llmfleet_engine_colors ({', '.join(ports)}); fix the fact or the colors"
         )
     return str(active)
 
@@ -167,12 +167,12 @@ def upgrade_plan(
     """What an upgrade does on one host: which color goes idle -> active and what changes.
 
     ``target`` is a :func:`color_record` (its port is ignored: the idle color's
-    port is used). The plan names the steps in order; ``changed`` is false when
-    the active color already runs the target.
+    port is used). ``changed`` is false when the active color already runs the target. The
+    order of the steps is the blue_green role's (tasks/switch.yml), not data.
     """
     if not state or not state.get("active"):
         raise FleetError(
-            "the host has no llmfleet_service local fact: it was never installed; "
+            "the host has no blue_green local fact: it was never installed; "
             "run site.yml (or playbooks/inference.yml) first"
         )
     ports = _colors(colors)
@@ -184,28 +184,6 @@ def upgrade_plan(
     if chosen not in MODES:
         raise FleetError(f"unknown upgrade mode {chosen!r}")
     new_record = dict(color_record(target["build"], target["model"], target["args"], ports[idle]))
-    steps = (
-        [
-            "verify",
-            "drain",
-            f"stop {active}",
-            f"start {idle}",
-            "health",
-            "completion",
-            "switch",
-            "undrain",
-        ]
-        if chosen == "in_place"
-        else [
-            "verify",
-            f"start {idle}",
-            "health",
-            "completion",
-            "switch",
-            f"drain {active}",
-            f"stop {active}",
-        ]
-    )
     return {
         "changed": bool(changes),
         "changes": changes,
@@ -216,7 +194,6 @@ def upgrade_plan(
         "to_port": ports[idle],
         "from": dict(running),
         "to": new_record,
-        "steps": steps if changes else [],
         "state_after": switched_state(state, idle, new_record, previous=active)
         if changes
         else dict(state),
@@ -262,7 +239,7 @@ def rollback_target(state: Mapping[str, Any] | None, colors: Mapping[str, Any]) 
     if not state or not state.get("active"):
         return {
             "changed": False,
-            "reason": "no llmfleet_service local fact: nothing was installed here",
+            "reason": "no blue_green local fact: nothing was installed here",
         }
     active = active_color(state, colors)
     previous = state.get("previous") or ""

@@ -11,27 +11,25 @@ from typing import Any
 GIB = 1024**3
 
 
-def parse_df_avail(line: str) -> tuple[str, int]:
-    """(mount point, free bytes) from a `df -B1 --output=avail,target` data line."""
-    avail, _, target = line.strip().partition(" ")
-    if not avail.isdigit() or not target.strip():
-        raise ValueError(f"unexpected df output: {line!r}")
-    return target.strip(), int(avail)
-
-
-def disk_shortfalls(measured: list[dict[str, Any]]) -> list[str]:
+def disk_shortfalls(
+    requirements: list[dict[str, Any]], filesystems: list[dict[str, Any]]
+) -> list[str]:
     """Filesystems that lack room for what is to be installed on them.
 
-    `measured` are the results of the preflight's df probe: each has `item`
-    ({path, gib, what}) and `stdout` (the df data line for that path's filesystem).
-    Paths on the same filesystem add up. Returns one message per filesystem that is
-    too small; an empty list when all fit.
+    ``requirements`` are ``{path, gib, what}``; ``filesystems`` the ``free_space`` module's
+    result for the same paths, in the same order (``{path, mount, avail_bytes}``). Paths on
+    the same filesystem add up. Returns one message per filesystem that is too small; an
+    empty list when all fit.
     """
+    if len(requirements) != len(filesystems):
+        raise ValueError(
+            f"{len(requirements)} disk requirements but {len(filesystems)} measured filesystems"
+        )
     needs: OrderedDict[str, dict[str, Any]] = OrderedDict()
-    for result in measured:
-        item = result["item"]
-        mount, free = parse_df_avail(result["stdout"])
-        entry = needs.setdefault(mount, {"free": free, "gib": 0.0, "uses": []})
+    for item, measured in zip(requirements, filesystems, strict=True):
+        entry = needs.setdefault(
+            measured["mount"], {"free": int(measured["avail_bytes"]), "gib": 0.0, "uses": []}
+        )
         entry["gib"] += float(item["gib"])
         entry["uses"].append(f"{item['what']} in {item['path']} {float(item['gib']):g} GiB")
     problems = []

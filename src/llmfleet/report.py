@@ -4,7 +4,7 @@ Reads the cache through Ansible's cache plugin (the control node has Ansible),
 since the files' layout is Ansible's own and changes between releases.
 
 `preflight` leaves `llmfleet_hardware`, `llmfleet_tier` and
-`llmfleet_model_tier` in the cache (one JSON file per host); this turns them
+`preflight_tier` in the cache (one JSON file per host); this turns them
 into a table an operator reads, without touching any host.
 """
 
@@ -74,8 +74,8 @@ def report_rows(hosts: dict[str, dict[str, Any]]) -> list[tuple[str, ...]]:
     rows = []
     for host, facts in sorted(hosts.items()):
         hardware = facts["llmfleet_hardware"]
-        tier = facts.get("llmfleet_model_tier", facts.get("llmfleet_tier"))
-        source = facts.get("llmfleet_model_tier_source", "detected")
+        tier = facts.get("preflight_tier", facts.get("llmfleet_tier"))
+        source = facts.get("preflight_tier_source", "detected")
         rows.append(
             (
                 host,

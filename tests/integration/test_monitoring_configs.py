@@ -36,6 +36,7 @@ def render(folder: Path, inventory: Path, extra: dict[str, Any] | None = None) -
         "connection": "local",
         "gather_facts": False,
         "vars_files": [
+            str(REPO / "roles" / "llmfleet" / "defaults" / "main.yml"),
             str(ROLE / "defaults" / "main.yml"),
             str(ROLE / "vars" / "main.yml"),
             str(REPO / "group_vars" / "all" / "alerts.yml"),
@@ -63,9 +64,9 @@ def render(folder: Path, inventory: Path, extra: dict[str, Any] | None = None) -
     }
     (folder / "render.yml").write_text(yaml.safe_dump([play], sort_keys=False))
     command = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory)]
-    # The receiver is off by default (until playbooks/rollback.yml exists); these
-    # tests render its route and scrape job unless a test says otherwise.
-    extra = {"monitoring_receiver_enabled": True, **(extra or {})}
+    # The receiver is off by default; these tests render its route and scrape job
+    # unless a test says otherwise.
+    extra = {"llmfleet_receiver_enabled": True, **(extra or {})}
     (folder / "extra.yml").write_text(yaml.safe_dump(extra))
     command += ["-e", f"@{folder / 'extra.yml'}"]
     env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
@@ -202,7 +203,7 @@ def test_site_receivers_and_mail_relay_pass_amtool(amtool: str, tmp_path: Path) 
 def test_without_the_receiver_rollback_alerts_are_plain_alerts(
     promtool: str, amtool: str, tmp_path: Path
 ) -> None:
-    out = render(tmp_path, EXAMPLE, {"monitoring_receiver_enabled": False})
+    out = render(tmp_path, EXAMPLE, {"llmfleet_receiver_enabled": False})
     config = check_alertmanager(amtool, out)
     assert config["route"]["routes"] == []
     assert [receiver["name"] for receiver in config["receivers"]] == ["null"]
@@ -221,7 +222,7 @@ def test_host_ports_and_the_dcgm_exporter_come_from_the_inventory(
                         "gpu-dcgm": {
                             "ansible_host": "10.0.0.5",
                             "node_metrics_gpu_collector": "dcgm_exporter",
-                            "node_metrics_node_exporter_port": 19100,
+                            "llmfleet_node_exporter_port": 19100,
                         },
                         "gpu-v6": {"ansible_host": "fd00::7"},
                         "cpu-plain": None,

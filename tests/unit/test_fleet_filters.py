@@ -212,7 +212,6 @@ def test_up_to_date_host_changes_nothing() -> None:
     plan = fleet.upgrade_plan(state, record("b1", QWEN7, 9999), COLORS)
     assert plan["changed"] is False
     assert plan["changes"] == []
-    assert plan["steps"] == []
     assert plan["state_after"] == state
     assert plan["summary"] == "up to date on blue"
 
@@ -225,15 +224,6 @@ def test_new_build_goes_to_the_idle_color() -> None:
     assert (plan["from_color"], plan["to_color"]) == ("blue", "green")
     assert (plan["from_port"], plan["to_port"]) == (8081, 8082)
     assert plan["to"]["port"] == 8082
-    assert plan["steps"] == [
-        "verify",
-        "start green",
-        "health",
-        "completion",
-        "switch",
-        "drain blue",
-        "stop blue",
-    ]
     after = plan["state_after"]
     assert after["active"] == "green"
     assert after["previous"] == "blue"
@@ -247,8 +237,7 @@ def test_new_model_and_build_from_green() -> None:
     plan = fleet.upgrade_plan(state, record("b2", QWEN14), COLORS, {"mode": "in_place"})
     assert plan["changes"] == ["engine", "model"]
     assert plan["to_color"] == "blue"
-    assert plan["steps"][:3] == ["verify", "drain", "stop green"]
-    assert plan["steps"][-1] == "undrain"
+    assert plan["mode"] == "in_place"
     assert plan["state_after"]["colors"]["blue"]["model"]["name"] == "Qwen-14B"
     assert plan["summary"] == "in_place: green -> blue; engine b1 -> b2, model Qwen-7B -> Qwen-14B"
 

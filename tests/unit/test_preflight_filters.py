@@ -16,45 +16,39 @@ spec.loader.exec_module(filters)
 GIB = 1024**3
 
 
-def probe(path: str, gib: float, what: str, df_line: str) -> dict:
-    """One result of the role's df probe, as Ansible registers it in a loop."""
-    return {"item": {"path": path, "gib": gib, "what": what}, "stdout": df_line}
+def need(path: str, gib: float, what: str) -> dict:
+    return {"path": path, "gib": gib, "what": what}
 
 
-@pytest.mark.parametrize(
-    ("line", "parsed"),
-    [
-        ("10737418240 /", ("/", 10 * GIB)),
-        ("  53687091200 /data", ("/data", 50 * GIB)),
-        ("1024 /mnt/with space", ("/mnt/with space", 1024)),
-    ],
-)
-def test_parse_df_avail(line: str, parsed: tuple) -> None:
-    assert filters.parse_df_avail(line) == parsed
-
-
-def test_parse_df_avail_rejects_other_output() -> None:
-    with pytest.raises(ValueError, match="unexpected df output"):
-        filters.parse_df_avail("Avail Mounted on")
+def measured(path: str, mount: str, avail: int) -> dict:
+    """One entry of the free_space module's result."""
+    return {"path": path, "existing": mount, "mount": mount, "avail_bytes": avail}
 
 
 def test_disk_shortfalls_is_empty_when_everything_fits() -> None:
-    measured = [
-        probe("/opt/llmfleet", 4, "engine builds", f"{10 * GIB} /"),
-        probe("/data/models", 41, "models", f"{50 * GIB} /data"),
+    needs = [need("/opt/llmfleet", 4, "engine builds"), need("/data/models", 41, "models")]
+    filesystems = [
+        measured("/opt/llmfleet", "/", 10 * GIB),
+        measured("/data/models", "/data", 50 * GIB),
     ]
-    assert filters.disk_shortfalls(measured) == []
+    assert filters.disk_shortfalls(needs, filesystems) == []
 
 
 def test_disk_shortfalls_adds_up_paths_on_the_same_filesystem() -> None:
-    measured = [
-        probe("/opt/llmfleet", 4, "engine builds", f"{10 * GIB} /"),
-        probe("/srv/models", 7, "models of tier standard", f"{10 * GIB} /"),
+    needs = [
+        need("/opt/llmfleet", 4, "engine builds"),
+        need("/srv/models", 7, "models of tier standard"),
     ]
-    [problem] = filters.disk_shortfalls(measured)
+    filesystems = [measured("/opt/llmfleet", "/", 10 * GIB), measured("/srv/models", "/", 10 * GIB)]
+    [problem] = filters.disk_shortfalls(needs, filesystems)
     assert problem.startswith("/ has 10.0 GiB free, needs 11 GiB")
     assert "engine builds in /opt/llmfleet 4 GiB" in problem
     assert "models of tier standard in /srv/models 7 GiB" in problem
+
+
+def test_disk_shortfalls_refuses_results_that_do_not_match_the_needs() -> None:
+    with pytest.raises(ValueError, match="1 disk requirements but 0 measured"):
+        filters.disk_shortfalls([need("/data", 1, "models")], [])
 
 
 def test_pcie_narrow_links_reports_only_links_below_their_maximum() -> None:

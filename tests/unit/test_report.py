@@ -18,8 +18,8 @@ A100 = {
         "cpu_cores": 32,
     },
     "llmfleet_tier": "pro",
-    "llmfleet_model_tier": "pro",
-    "llmfleet_model_tier_source": "detected",
+    "preflight_tier": "pro",
+    "preflight_tier_source": "detected",
 }
 FRESH = {
     "llmfleet_hardware": {
