@@ -1,0 +1,143 @@
+"""Helpers the unit and integration tests share (tests/ is on pytest's pythonpath).
+
+Only loopback and temporary folders: a file server on 127.0.0.1, the Prometheus text a
+receiver answers, the apt entry of a Debian 12 bundle spec, a wheel for a local index.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import threading
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+#: Proxy variables a test server on loopback must not go through.
+PROXY_VARIABLES = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy")
+
+
+@dataclass
+class FileServer:
+    """What an http.server on 127.0.0.1 serves (`files`, by path), the requests it saw
+    (`hits`), the error statuses a path answers first, one per request (`errors`), and how
+    many times each path is cut short after half its body (`truncate`)."""
+
+    files: dict[str, bytes] = field(default_factory=dict)
+    hits: list[str] = field(default_factory=list)
+    errors: dict[str, list[int]] = field(default_factory=dict)
+    truncate: dict[str, int] = field(default_factory=dict)
+    url: str = ""
+
+
+@contextlib.contextmanager
+def serve_files(served: FileServer | None = None) -> Iterator[FileServer]:
+    """Serve `served.files` on an ephemeral port of 127.0.0.1 until the block ends."""
+    served = served or FileServer()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            served.hits.append(self.path)
+            data = served.files.get(self.path)
+            if served.errors.get(self.path):
+                self.send_error(served.errors[self.path].pop(0))
+                return
+            if data is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if served.truncate.get(self.path, 0) > 0:
+                served.truncate[self.path] -= 1
+                self.wfile.write(data[: len(data) // 2])  # then the connection closes
+                return
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    served.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        yield served
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@contextlib.contextmanager
+def receiver_on_loopback(receiver: Any, stop_timeout: float = 5) -> Iterator[int]:
+    """A `llmfleet.rollback_receiver.Receiver`'s HTTP interface on an ephemeral port of
+    127.0.0.1 (the port is yielded); the server and then the receiver stop at the end."""
+    from llmfleet import rollback_receiver
+
+    server = rollback_receiver.make_server(receiver, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+        receiver.stop(stop_timeout)
+
+
+def prometheus_samples(text: str) -> dict[str, float]:
+    """`name{labels}` -> value for every sample line of a Prometheus text exposition."""
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+
+
+def debian_apt_entry(image: str, packages: list[str], **settings: Any) -> dict[str, Any]:
+    """A spec's apt entry `debian12`: bookworm main from ${LLMFLEET_DEBIAN_MIRROR}, signed
+    by the image's Debian archive keyring; `settings` adds or replaces keys."""
+    return {
+        "name": "debian12",
+        "image": image,
+        **settings,
+        "sources": [
+            {
+                "uris": "${LLMFLEET_DEBIAN_MIRROR}",
+                "suites": ["bookworm"],
+                "components": ["main"],
+                "signed_by": {"path": "/usr/share/keyrings/debian-archive-keyring.gpg"},
+            }
+        ],
+        "packages": packages,
+    }
+
+
+def wheel(project: str, version: str, files: dict[str, bytes]) -> tuple[str, bytes]:
+    """(file name, bytes) of a small, valid pure-Python wheel of `project` `version` holding
+    `files`: what `pip download` accepts from a local index. The same input, the same bytes."""
+    stem = f"{project.replace('-', '_')}-{version}"
+    info = f"{stem}.dist-info"
+    metadata = f"Metadata-Version: 2.1\nName: {project}\nVersion: {version}\n"
+    content = {
+        **files,
+        f"{info}/METADATA": metadata.encode(),
+        f"{info}/WHEEL": b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    content[f"{info}/RECORD"] = "".join(f"{name},,\n" for name in content).encode()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zipped:
+        for name, data in content.items():
+            zipped.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
+    return f"{stem}-py3-none-any.whl", buffer.getvalue()
+
+
+def write_wheel(folder: Path, project: str, version: str, files: dict[str, bytes]) -> Path:
+    """`wheel(...)` written into `folder` (a local index for PIP_FIND_LINKS)."""
+    name, data = wheel(project, version, files)
+    (folder / name).write_bytes(data)
+    return folder / name
