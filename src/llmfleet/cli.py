@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
 
 from llmfleet import __version__
+from llmfleet.fileio import read_secret, write_atomic
 from llmfleet.report import format_table, load_fact_cache, report_rows
 
 
@@ -84,14 +86,7 @@ def cmd_bundle_verify(args: argparse.Namespace) -> int:
 def _bench_api_key(args: argparse.Namespace) -> str | None:
     """The API key from --api-key-file, else $LLMFLEET_API_KEY, else None. Raises ValueError."""
     if args.api_key_file:
-        path = Path(args.api_key_file)
-        try:
-            key = path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ValueError(f"cannot read the API key file {path}: {exc.strerror}") from None
-        if not key:
-            raise ValueError(f"the API key file {path} is empty")
-        return key
+        return read_secret(Path(args.api_key_file), "API key")
     return os.environ.get("LLMFLEET_API_KEY", "").strip() or None
 
 
@@ -104,9 +99,12 @@ def add_api_key_file_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    import json
+def write_json(path: Path, document: object) -> None:
+    """--json: the document, indented, written atomically."""
+    write_atomic(path, (json.dumps(document, indent=2) + "\n").encode())
 
+
+def cmd_bench(args: argparse.Namespace) -> int:
     from llmfleet.bench import (
         BenchConfig,
         all_failed_levels,
@@ -148,9 +146,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     document = run_benchmark(config, progress=progress)
     print(format_report(document))
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        write_json(Path(args.json), document)
     failed = all_failed_levels(document)
     if failed:
         levels = ", ".join(str(level) for level in failed)
@@ -250,6 +246,21 @@ def add_bundle_parser(commands: argparse._SubParsersAction) -> None:  # type: ig
     verify.set_defaults(func=cmd_bundle_verify)
 
 
+def add_number_arguments(
+    parser: argparse.ArgumentParser, *options: tuple[str, type[int] | type[float], float, str]
+) -> None:
+    """Options that take one number: (flag, int or float, default, help); the help shows the
+    default, and the metavar says the kind (N for a count, S for seconds)."""
+    for flag, kind, default, text in options:
+        parser.add_argument(
+            flag,
+            type=kind,
+            default=default,
+            metavar="N" if kind is int else "S",
+            help=f"{text} (default: %(default)g)",
+        )
+
+
 def add_bench_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from llmfleet import bench
 
@@ -270,19 +281,10 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:  # type: ign
         metavar="N[,N...]",
         help="concurrency levels, comma-separated (default: %(default)s)",
     )
-    parser.add_argument(
-        "--requests",
-        type=int,
-        default=bench.DEFAULT_REQUESTS,
-        metavar="N",
-        help="requests per level (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--max-tokens",
-        type=int,
-        default=bench.DEFAULT_MAX_TOKENS,
-        metavar="N",
-        help="max_tokens of each request (default: %(default)s)",
+    add_number_arguments(
+        parser,
+        ("--requests", int, bench.DEFAULT_REQUESTS, "requests per level"),
+        ("--max-tokens", int, bench.DEFAULT_MAX_TOKENS, "max_tokens of each request"),
     )
     parser.add_argument(
         "--prompt", default=bench.DEFAULT_PROMPT, metavar="TEXT", help="the user message"
@@ -290,19 +292,20 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:  # type: ign
     parser.add_argument("--model", metavar="NAME", help="the request's model field (optional)")
     add_api_key_file_argument(parser)
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=bench.DEFAULT_TIMEOUT_S,
-        metavar="S",
-        help="seconds one request may take, stream included (default: %(default)g)",
-    )
-    parser.add_argument(
-        "--time-limit",
-        type=float,
-        default=bench.DEFAULT_TIME_LIMIT_S,
-        metavar="S",
-        help="seconds after which a level starts no more requests (default: %(default)g)",
+    add_number_arguments(
+        parser,
+        (
+            "--timeout",
+            float,
+            bench.DEFAULT_TIMEOUT_S,
+            "seconds one request may take, stream included",
+        ),
+        (
+            "--time-limit",
+            float,
+            bench.DEFAULT_TIME_LIMIT_S,
+            "seconds after which a level starts no more requests",
+        ),
     )
     parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up request")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
@@ -310,8 +313,6 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:  # type: ign
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    import json
-
     from llmfleet.loadgen import LoadConfig, format_summary, run_load
 
     try:
@@ -331,9 +332,7 @@ def cmd_load(args: argparse.Namespace) -> int:
         return 2
     print(format_summary(report))
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        write_json(Path(args.json), report)
     return 1 if report["failed"] else 0
 
 

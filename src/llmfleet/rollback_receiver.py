@@ -19,7 +19,8 @@ runs only when the name is a host of it and not a group: an ``instance`` of
 
 Every decision and every finished run is one JSON line in ``log_file``, with the
 alert that caused it. ``GET /metrics`` exports ``llmfleet_rollbacks_total{host,result}``
-and ``llmfleet_rollback_alerts_total{decision}``; ``GET /health`` answers 200.
+and ``llmfleet_rollback_alerts_total{decision}`` (prometheus_client, a registry per
+receiver); ``GET /health`` answers 200.
 
 The configuration file (YAML)::
 
@@ -41,8 +42,9 @@ The configuration file (YAML)::
     run_timeout_seconds: 1800         # optional: a run is cancelled after this long
     keep_runs: 50                     # optional: run folders kept under state_dir/runs
 
-Relative paths are taken from the configuration file's folder. Unknown keys and
-wrong values are errors that name the key; every problem is reported at once.
+Relative paths are taken from the configuration file's folder. The file is checked
+against a JSON Schema (`SCHEMA`, with jsonschema): unknown keys and wrong values are
+errors that name the key; every problem is reported at once.
 """
 
 from __future__ import annotations
@@ -56,7 +58,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -68,6 +69,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily
+
+from llmfleet.fileio import read_secret, write_atomic
+from llmfleet.validation import check, compile_schema, strict_mapping
 
 DEFAULT_ADDRESS = "127.0.0.1"
 DEFAULT_PORT = 9095
@@ -146,25 +152,87 @@ class ReceiverConfig:
         return self.ansible_cfg.parent if self.ansible_cfg is not None else self.playbook.parent
 
 
-TOP_KEYS = {
-    "listen",
+PATH_KEYS = (
     "token_file",
-    "cooldown_seconds",
-    "state_dir",
-    "log_file",
     "playbook",
     "inventory",
+    "state_dir",
+    "log_file",
     "ansible_cfg",
     "project_dir",
-    "extravars",
-    "environment",
-    "run_timeout_seconds",
-    "keep_runs",
-}
+)
+REQUIRED_PATHS = ("token_file", "playbook", "inventory")
 
 
-def _number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+def _path_schema(key: str) -> dict[str, Any]:
+    return {
+        "type": "string",
+        "pattern": r"\S",
+        "message": f"{key} must be a non-empty path, not {{value!r}}",
+        "missing": f"{key} is required (a path)",
+    }
+
+
+#: The configuration's shape, checked with jsonschema; the order of ``properties`` is the
+#: order problems are reported in. Paths are resolved by ``parse_config`` afterwards.
+SCHEMA = strict_mapping(
+    {
+        "listen": strict_mapping(
+            {
+                "address": {
+                    "type": "string",
+                    "pattern": r"\S",
+                    "message": "listen.address must be an IP address or a name, not {value!r}",
+                },
+                "port": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": 65535,
+                    "message": "listen.port must be an integer from 1 to 65535, not {value!r}",
+                },
+            },
+            message="listen must be a mapping with address and port",
+            unknown="unknown key listen.{key} (known: {allowed})",
+        ),
+        "cooldown_seconds": {
+            "type": "number",
+            "minimum": 0,
+            "message": "cooldown_seconds must be a number of seconds >= 0, not {value!r}",
+        },
+        "run_timeout_seconds": {
+            "type": "integer",
+            "minimum": 1,
+            "message": "run_timeout_seconds must be an integer >= 1, not {value!r}",
+        },
+        "keep_runs": {
+            "type": "integer",
+            "minimum": 1,
+            "message": "keep_runs must be an integer >= 1, not {value!r}",
+        },
+        "extravars": {
+            "type": ["object", "null"],
+            "propertyNames": {"type": "string"},
+            "message": "extravars must be a mapping with string keys",
+        },
+        "environment": {
+            "type": ["object", "null"],
+            "message": "environment must be a mapping of variable names to strings",
+            "propertyNames": {
+                "type": "string",
+                "pattern": "^[A-Za-z_][A-Za-z0-9_]*$",
+                "message": "environment: {value!r} is not a variable name",
+            },
+            "additionalProperties": {
+                "type": "string",
+                "message": "environment.{key} must be a string (quote it), not {value!r}",
+            },
+        },
+        **{key: _path_schema(key) for key in PATH_KEYS},
+    },
+    required=REQUIRED_PATHS,
+    unknown="unknown key {key!r} (known: {allowed})",
+)
+_VALIDATOR = compile_schema(SCHEMA)
 
 
 def parse_config(data: object, base: Path) -> ReceiverConfig:
@@ -175,83 +243,33 @@ def parse_config(data: object, base: Path) -> ReceiverConfig:
     """
     if not isinstance(data, Mapping):
         raise ConfigError(base, ["the configuration must be a mapping of keys to values"])
-    problems: list[str] = []
-    for key in sorted(set(data) - TOP_KEYS, key=str):
-        problems.append(f"unknown key {key!r} (known: {', '.join(sorted(TOP_KEYS))})")
+    problems = [issue.message for issue in check(_VALIDATOR, dict(data))]
+    if problems:
+        raise ConfigError(base, problems)
 
-    def path(key: str, default: str | None, required: bool = False) -> Path | None:
-        value = data.get(key, default)
-        if value is None:
-            if required:
-                problems.append(f"{key} is required (a path)")
-            return None
-        if not isinstance(value, str) or not value.strip():
-            problems.append(f"{key} must be a non-empty path, not {value!r}")
-            return None
+    def path(value: str) -> Path:
         candidate = Path(value).expanduser()
         return candidate if candidate.is_absolute() else (base / candidate).resolve()
 
-    address, port = DEFAULT_ADDRESS, DEFAULT_PORT
+    def optional(key: str) -> Path | None:
+        return path(data[key]) if data.get(key) is not None else None
+
     listen = data.get("listen", {})
-    if not isinstance(listen, Mapping):
-        problems.append("listen must be a mapping with address and port")
-    else:
-        for key in sorted(set(listen) - {"address", "port"}, key=str):
-            problems.append(f"unknown key listen.{key} (known: address, port)")
-        address = listen.get("address", DEFAULT_ADDRESS)
-        if not isinstance(address, str) or not address.strip():
-            problems.append(f"listen.address must be an IP address or a name, not {address!r}")
-        port = listen.get("port", DEFAULT_PORT)
-        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
-            problems.append(f"listen.port must be an integer from 1 to 65535, not {port!r}")
-
-    cooldown = data.get("cooldown_seconds", DEFAULT_COOLDOWN_S)
-    if not _number(cooldown) or cooldown < 0:
-        problems.append(f"cooldown_seconds must be a number of seconds >= 0, not {cooldown!r}")
-    timeout = data.get("run_timeout_seconds", DEFAULT_RUN_TIMEOUT_S)
-    if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 1:
-        problems.append(f"run_timeout_seconds must be an integer >= 1, not {timeout!r}")
-    keep = data.get("keep_runs", DEFAULT_KEEP_RUNS)
-    if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
-        problems.append(f"keep_runs must be an integer >= 1, not {keep!r}")
-    extravars = data.get("extravars") or {}
-    if not isinstance(extravars, Mapping) or not all(isinstance(k, str) for k in extravars):
-        problems.append("extravars must be a mapping with string keys")
-    environment = data.get("environment") or {}
-    if not isinstance(environment, Mapping):
-        problems.append("environment must be a mapping of variable names to strings")
-    else:
-        for name, value in environment.items():
-            if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-                problems.append(f"environment: {name!r} is not a variable name")
-            elif not isinstance(value, str):
-                problems.append(f"environment.{name} must be a string (quote it), not {value!r}")
-
-    token_file = path("token_file", None, required=True)
-    playbook = path("playbook", None, required=True)
-    inventory = path("inventory", None, required=True)
-    state_dir = path("state_dir", DEFAULT_STATE_DIR)
-    log_file = path("log_file", DEFAULT_LOG_FILE)
-    ansible_cfg = path("ansible_cfg", None)
-    project_dir = path("project_dir", None)
-    if problems:
-        raise ConfigError(base, problems)
-    assert token_file and playbook and inventory and state_dir and log_file
     return ReceiverConfig(
-        token_file=token_file,
-        playbook=playbook,
-        inventory=inventory,
-        address=address,
-        port=port,
-        cooldown_seconds=float(cooldown),
-        state_dir=state_dir,
-        log_file=log_file,
-        ansible_cfg=ansible_cfg,
-        project_dir=project_dir,
-        extravars=dict(extravars),
-        environment=dict(environment),
-        run_timeout_seconds=timeout,
-        keep_runs=keep,
+        token_file=path(data["token_file"]),
+        playbook=path(data["playbook"]),
+        inventory=path(data["inventory"]),
+        address=listen.get("address", DEFAULT_ADDRESS),
+        port=listen.get("port", DEFAULT_PORT),
+        cooldown_seconds=float(data.get("cooldown_seconds", DEFAULT_COOLDOWN_S)),
+        state_dir=path(data.get("state_dir", DEFAULT_STATE_DIR)),
+        log_file=path(data.get("log_file", DEFAULT_LOG_FILE)),
+        ansible_cfg=optional("ansible_cfg"),
+        project_dir=optional("project_dir"),
+        extravars=dict(data.get("extravars") or {}),
+        environment=dict(data.get("environment") or {}),
+        run_timeout_seconds=data.get("run_timeout_seconds", DEFAULT_RUN_TIMEOUT_S),
+        keep_runs=data.get("keep_runs", DEFAULT_KEEP_RUNS),
     )
 
 
@@ -290,15 +308,7 @@ def load_config(path: Path) -> ReceiverConfig:
 
 def read_token(path: Path) -> str:
     """The bearer token in ``path`` (surrounding white space removed). Raises ValueError."""
-    try:
-        token = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ValueError(f"cannot read the token file {path}: {exc.strerror}") from None
-    if not token:
-        raise ValueError(f"the token file {path} is empty")
-    if any(char.isspace() for char in token):
-        raise ValueError(f"the token in {path} holds white space: it must be one word")
-    return token
+    return read_secret(path, "token")
 
 
 # -- authentication, alerts and decisions: pure functions ------------------------------------
@@ -465,59 +475,92 @@ def load_state(path: Path) -> dict[str, float]:
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"cannot read the cool-down state {path}: {exc}") from None
     hosts = document.get("last_rollback") if isinstance(document, dict) else None
-    if not isinstance(hosts, dict) or not all(_number(at) for at in hosts.values()):
+    times = hosts.values() if isinstance(hosts, dict) else [None]
+    if not all(isinstance(at, int | float) and not isinstance(at, bool) for at in times):
         raise ValueError(f"{path} is not a cool-down state file (no 'last_rollback' map)")
     return {str(host): float(at) for host, at in hosts.items()}
 
 
 def save_state(path: Path, last_rollback: Mapping[str, float]) -> None:
-    """Write the state atomically: a temporary file in the same folder, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write the state atomically (readable by the receiver's user only)."""
     document = {"version": 1, "last_rollback": dict(sorted(last_rollback.items()))}
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
-            json.dump(document, stream, indent=2)
-            stream.write("\n")
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    write_atomic(path, (json.dumps(document, indent=2) + "\n").encode(), mode=0o600)
 
 
 # -- metrics ---------------------------------------------------------------------------------
 
+#: What generate_latest writes: the Prometheus text format 0.0.4.
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
-
-def format_metrics(rollbacks: Mapping[tuple[str, str], int], alerts: Mapping[str, int]) -> str:
-    """The Prometheus text exposition (0.0.4) of the two counters.
+def metric_families(
+    rollbacks: Mapping[tuple[str, str], int], alerts: Mapping[str, int]
+) -> list[CounterMetricFamily]:
+    """The two counters as prometheus_client metric families, samples sorted by label.
 
     Every decision is exported, 0 included, so that ``rate()`` sees the first increase.
     """
-    lines = [
-        "# HELP llmfleet_rollbacks_total Rollback runs finished, by host and result.",
-        "# TYPE llmfleet_rollbacks_total counter",
-    ]
+    runs = CounterMetricFamily(
+        "llmfleet_rollbacks",
+        "Rollback runs finished, by host and result.",
+        labels=["host", "result"],
+    )
     for (host, result), count in sorted(rollbacks.items()):
-        lines.append(f'llmfleet_rollbacks_total{{host="{_label(host)}",result="{result}"}} {count}')
-    lines += [
-        "# HELP llmfleet_rollback_alerts_total Alerts received, by the receiver's decision.",
-        "# TYPE llmfleet_rollback_alerts_total counter",
-    ]
+        runs.add_metric([host, result], count)
+    decided = CounterMetricFamily(
+        "llmfleet_rollback_alerts",
+        "Alerts received, by the receiver's decision.",
+        labels=["decision"],
+    )
     for decision in sorted(set(DECISIONS) | set(alerts)):
-        count = alerts.get(decision, 0)
-        lines.append(f'llmfleet_rollback_alerts_total{{decision="{_label(decision)}"}} {count}')
-    return "\n".join(lines) + "\n"
+        decided.add_metric([decision], alerts.get(decision, 0))
+    return [runs, decided]
+
+
+class _Families:
+    """A prometheus_client collector: metric families from a function, read at each scrape."""
+
+    def __init__(self, families: Callable[[], list[CounterMetricFamily]]) -> None:
+        self.collect = families
+
+
+def format_metrics(rollbacks: Mapping[tuple[str, str], int], alerts: Mapping[str, int]) -> str:
+    """The text exposition (0.0.4) of the two counters with these counts."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(lambda: metric_families(rollbacks, alerts)))  # type: ignore[arg-type]
+    return generate_latest(registry).decode("utf-8")
+
+
+class RollbackMetrics:
+    """The receiver's counters, exported by prometheus_client from a registry of their own.
+
+    A collector rather than prometheus_client's Counter objects: it exports exactly the two
+    ``_total`` series (no ``_created`` series, which prometheus_client 0.16 cannot turn off)
+    and every decision from the start, 0 included.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rollbacks: Counter[tuple[str, str]] = Counter()
+        self._alerts: Counter[str] = Counter()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Families(self._families))  # type: ignore[arg-type]
+
+    def count_alert(self, decision: str) -> None:
+        with self._lock:
+            self._alerts[decision] += 1
+
+    def count_rollback(self, host: str, result: str) -> None:
+        with self._lock:
+            self._rollbacks[(host, result)] += 1
+
+    def _families(self) -> list[CounterMetricFamily]:
+        with self._lock:
+            return metric_families(dict(self._rollbacks), dict(self._alerts))
+
+    def exposition(self) -> str:
+        """``GET /metrics``: the registry in the text format (0.0.4)."""
+        return generate_latest(self.registry).decode("utf-8")
 
 
 # -- running the rollback playbook -----------------------------------------------------------
@@ -698,8 +741,7 @@ class Receiver:
         self._idle = threading.Condition(self._lock)
         self._pending = 0
         self._queue: queue.Queue[RollbackRequest | None] = queue.Queue()
-        self._rollbacks: Counter[tuple[str, str]] = Counter()
-        self._alerts: Counter[str] = Counter()
+        self._metrics = RollbackMetrics()
         self._worker = threading.Thread(target=self._work, name="rollback-worker", daemon=True)
         self._worker.start()
 
@@ -716,7 +758,7 @@ class Receiver:
                 save_state(self._state_path, state)
                 self._state = state
             for decision in decisions:
-                self._alerts[decision.decision] += 1
+                self._metrics.count_alert(decision.decision)
                 self._log.write(
                     {
                         "event": "alert",
@@ -736,8 +778,7 @@ class Receiver:
         self._log.write({"event": "unauthorized", "peer": peer, "path": path})
 
     def metrics_text(self) -> str:
-        with self._lock:
-            return format_metrics(dict(self._rollbacks), dict(self._alerts))
+        return self._metrics.exposition()
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until every queued rollback has finished; False if ``timeout`` passed first."""
@@ -784,7 +825,7 @@ class Receiver:
             except Exception as exc:  # a broken run function must not stop the worker
                 outcome = RunOutcome("error", None, 0.0, detail=f"{type(exc).__name__}: {exc}")
             with self._lock:
-                self._rollbacks[(request.host, outcome.result)] += 1
+                self._metrics.count_rollback(request.host, outcome.result)
                 self._log.write(
                     {
                         "event": "finished",
@@ -829,7 +870,7 @@ def make_handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
             if self.path == "/health":
                 self._send(200, "ok\n", "text/plain; charset=utf-8")
             elif self.path == "/metrics":
-                self._send(200, receiver.metrics_text(), "text/plain; version=0.0.4; charset=utf-8")
+                self._send(200, receiver.metrics_text(), METRICS_CONTENT_TYPE)
             else:
                 self._error(404, f"no {self.path} here (GET /metrics, GET /health)")
 

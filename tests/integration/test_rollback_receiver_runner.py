@@ -8,17 +8,18 @@ say so. No network beyond 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from helpers import prometheus_samples, receiver_on_loopback
 
 from llmfleet import rollback_receiver as rr
 
@@ -82,14 +83,9 @@ def metrics(port: int) -> dict[str, float]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
         connection.request("GET", "/metrics")
-        text = connection.getresponse().read().decode()
+        return prometheus_samples(connection.getresponse().read().decode())
     finally:
         connection.close()
-    return {
-        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line and not line.startswith("#")
-    }
 
 
 @pytest.fixture
@@ -117,7 +113,7 @@ def site(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def serve(site: Path) -> Iterator[Callable[[list[str]], tuple[rr.Receiver, int]]]:
-    running: list[tuple[rr.Receiver, Any, threading.Thread]] = []
+    running = contextlib.ExitStack()
 
     def start(fail_on: list[str]) -> tuple[rr.Receiver, int]:
         config = rr.parse_config(
@@ -135,18 +131,10 @@ def serve(site: Path) -> Iterator[Callable[[list[str]], tuple[rr.Receiver, int]]
         )
         assert rr.check_paths(config) == []
         receiver = rr.Receiver(config, rr.read_token(config.token_file), _runner(config))
-        server = rr.make_server(receiver, "127.0.0.1", 0)
-        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-        thread.start()
-        running.append((receiver, server, thread))
-        return receiver, server.server_address[1]
+        return receiver, running.enter_context(receiver_on_loopback(receiver, stop_timeout=60))
 
-    yield start
-    for receiver, server, thread in running:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-        receiver.stop(60)
+    with running:
+        yield start
 
 
 def _runner(config: rr.ReceiverConfig) -> rr.RunFunction:

@@ -7,6 +7,7 @@ the real playbook.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import threading
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import prometheus_samples, receiver_on_loopback
+from prometheus_client.parser import text_string_to_metric_families
 
 from llmfleet import rollback_receiver as rr
 from llmfleet.cli import main
@@ -228,18 +231,25 @@ def test_an_empty_token_authorizes_nothing() -> None:
     assert not rr.is_authorized("Bearer ", "")
 
 
-def test_read_token(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (f"  {TOKEN}\n", None),
+        ("\n", "the token file {path} is empty"),
+        ("two words\n", "the token in {path} holds white space: it must be one word"),
+        (None, "cannot read the token file {path}: No such file or directory"),
+    ],
+)
+def test_read_token(tmp_path: Path, content: str | None, problem: str | None) -> None:
     path = tmp_path / "token"
-    path.write_text(f"  {TOKEN}\n")
-    assert rr.read_token(path) == TOKEN
-    path.write_text("\n")
-    with pytest.raises(ValueError, match="is empty"):
+    if content is not None:
+        path.write_text(content)
+    if problem is None:
+        assert rr.read_token(path) == TOKEN
+        return
+    with pytest.raises(ValueError) as caught:
         rr.read_token(path)
-    path.write_text("two words\n")
-    with pytest.raises(ValueError, match="white space"):
-        rr.read_token(path)
-    with pytest.raises(ValueError, match="cannot read the token file"):
-        rr.read_token(tmp_path / "missing")
+    assert str(caught.value) == problem.format(path=path)
 
 
 # -- configuration ---------------------------------------------------------------------------
@@ -496,6 +506,7 @@ def test_a_failing_run_function_is_counted_and_the_worker_goes_on(tmp_path: Path
 
 
 def test_format_metrics() -> None:
+    """prometheus_client's text format: the same names, labels and escaping, values as floats."""
     text = rr.format_metrics(
         {("gpu02", "failed"): 1, ("gpu01", "successful"): 2, ('we"ird\\', "failed"): 1},
         {"started": 3, "skipped_cooldown": 4},
@@ -503,17 +514,41 @@ def test_format_metrics() -> None:
     assert text == (
         "# HELP llmfleet_rollbacks_total Rollback runs finished, by host and result.\n"
         "# TYPE llmfleet_rollbacks_total counter\n"
-        'llmfleet_rollbacks_total{host="gpu01",result="successful"} 2\n'
-        'llmfleet_rollbacks_total{host="gpu02",result="failed"} 1\n'
-        'llmfleet_rollbacks_total{host="we\\"ird\\\\",result="failed"} 1\n'
+        'llmfleet_rollbacks_total{host="gpu01",result="successful"} 2.0\n'
+        'llmfleet_rollbacks_total{host="gpu02",result="failed"} 1.0\n'
+        'llmfleet_rollbacks_total{host="we\\"ird\\\\",result="failed"} 1.0\n'
         "# HELP llmfleet_rollback_alerts_total Alerts received, by the receiver's decision.\n"
         "# TYPE llmfleet_rollback_alerts_total counter\n"
-        'llmfleet_rollback_alerts_total{decision="ignored_bad_instance"} 0\n'
-        'llmfleet_rollback_alerts_total{decision="ignored_not_rollback"} 0\n'
-        'llmfleet_rollback_alerts_total{decision="ignored_resolved"} 0\n'
-        'llmfleet_rollback_alerts_total{decision="skipped_cooldown"} 4\n'
-        'llmfleet_rollback_alerts_total{decision="started"} 3\n'
+        'llmfleet_rollback_alerts_total{decision="ignored_bad_instance"} 0.0\n'
+        'llmfleet_rollback_alerts_total{decision="ignored_not_rollback"} 0.0\n'
+        'llmfleet_rollback_alerts_total{decision="ignored_resolved"} 0.0\n'
+        'llmfleet_rollback_alerts_total{decision="skipped_cooldown"} 4.0\n'
+        'llmfleet_rollback_alerts_total{decision="started"} 3.0\n'
     )
+
+
+def test_metrics_parse_back_and_each_receiver_counts_alone() -> None:
+    """What a scrape reads: two counters, no _created series, no state shared by instances."""
+    first, second = rr.RollbackMetrics(), rr.RollbackMetrics()
+    first.count_alert("started")
+    first.count_rollback("gpu01", "failed")
+    first.count_rollback("gpu01", "failed")
+    families = {f.name: f for f in text_string_to_metric_families(first.exposition())}
+    assert {name: f.type for name, f in families.items()} == {
+        "llmfleet_rollbacks": "counter",
+        "llmfleet_rollback_alerts": "counter",
+    }
+    [run] = families["llmfleet_rollbacks"].samples
+    assert (run.name, run.labels, run.value) == (
+        "llmfleet_rollbacks_total",
+        {"host": "gpu01", "result": "failed"},
+        2.0,
+    )
+    decided = {s.labels["decision"]: s.value for s in families["llmfleet_rollback_alerts"].samples}
+    assert decided == {decision: float(decision == "started") for decision in rr.DECISIONS}
+    assert "_created" not in first.exposition()
+    assert "gpu01" not in second.exposition()
+    assert first.registry is not second.registry
 
 
 def test_run_outcome_result() -> None:
@@ -593,32 +628,18 @@ class Served:
     def metrics(self) -> dict[str, float]:
         status, body, _ = self.request("GET", "/metrics")
         assert status == 200
-        return {
-            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-            for line in body.decode().splitlines()
-            if line and not line.startswith("#")
-        }
+        return prometheus_samples(body.decode())
 
 
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
-    started: list[tuple[rr.Receiver, Any, threading.Thread]] = []
+    with contextlib.ExitStack() as running:
 
-    def start(run: rr.RunFunction, **overrides: Any) -> Served:
-        config = make_config(tmp_path, **overrides)
-        receiver = rr.Receiver(config, TOKEN, run)
-        server = rr.make_server(receiver, "127.0.0.1", 0)
-        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-        thread.start()
-        started.append((receiver, server, thread))
-        return Served(receiver, server.server_address[1])
+        def start(run: rr.RunFunction, **overrides: Any) -> Served:
+            receiver = rr.Receiver(make_config(tmp_path, **overrides), TOKEN, run)
+            return Served(receiver, running.enter_context(receiver_on_loopback(receiver)))
 
-    yield start
-    for receiver, server, thread in started:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-        receiver.stop(5)
+        yield start
 
 
 def test_http_rejects_a_missing_or_wrong_token_and_runs_nothing(
