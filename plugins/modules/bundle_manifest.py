@@ -8,7 +8,13 @@ import tempfile
 from urllib.parse import urlparse
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.llmfleet_bundle import index_artifacts, join_url, load_manifest
+from ansible.module_utils.llmfleet_bundle import (
+    MANIFEST,
+    gpgv_verify,
+    index_artifacts,
+    join_url,
+    load_manifest,
+)
 from ansible.module_utils.urls import open_url
 
 DOCUMENTATION = r"""
@@ -89,7 +95,7 @@ def main() -> None:
         supports_check_mode=True,
     )
     url = module.params["url"]
-    manifest_url = join_url(url, "manifest.json")
+    manifest_url = join_url(url, MANIFEST)
     try:
         body = read_url(manifest_url, module.params["timeout"])
         signature = (
@@ -103,20 +109,26 @@ def main() -> None:
     if signature is not None:
         gpgv = module.get_bin_path("gpgv", required=True)
         with tempfile.TemporaryDirectory(dir=module.tmpdir) as folder:
-            data_path = os.path.join(folder, "manifest.json")
+            data_path = os.path.join(folder, MANIFEST)
             sig_path = data_path + ".asc"
             with open(data_path, "wb") as handle:
                 handle.write(body)
             with open(sig_path, "wb") as handle:
                 handle.write(signature)
-            rc, _out, err = module.run_command(
-                [gpgv, "--keyring", module.params["keyring"], sig_path, data_path],
-                environ_update={"LC_ALL": "C"},
+            home = os.path.join(folder, "gnupg")
+            os.mkdir(home, 0o700)
+            check = gpgv_verify(
+                lambda argv: module.run_command(argv, environ_update={"LC_ALL": "C"}),
+                module.params["keyring"],
+                sig_path,
+                data_path,
+                home,
+                gpgv,
             )
-        if rc != 0:
+        if not check.ok:
             module.fail_json(
                 msg=f"the signature of {manifest_url} does not verify with "
-                f"{module.params['keyring']}: {err.strip()}"
+                f"{module.params['keyring']}: {check.detail}"
             )
 
     try:

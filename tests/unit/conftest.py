@@ -13,9 +13,12 @@ import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import ansible.module_utils
 import pytest
+from ansible.module_utils import basic
+from ansible.module_utils.testing import patch_module_args
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODULE_UTILS_FILE = REPO_ROOT / "plugins" / "module_utils" / "llmfleet_gpu.py"
@@ -155,3 +158,34 @@ def make_sysfs(tmp_path: Path) -> Callable[..., Path]:
         return build_sysfs(root, **kwargs)  # type: ignore[arg-type]
 
     return make
+
+
+class ModuleExit(Exception):
+    """An Ansible module called exit_json (args[0]: what it returned)."""
+
+
+class ModuleFail(Exception):
+    """An Ansible module called fail_json (args[0]: what it returned)."""
+
+
+@pytest.fixture
+def ansible_module(monkeypatch: pytest.MonkeyPatch) -> Callable[..., dict[str, Any]]:
+    """Runs a module's ``main()`` with arguments: ``ansible_module(main, args, fails=False)``
+    returns the dict it exits with (``fails=True``: fails with); the other ending fails the test.
+    """
+
+    def exit_json(self: basic.AnsibleModule, **kwargs: Any) -> None:
+        raise ModuleExit(kwargs)
+
+    def fail_json(self: basic.AnsibleModule, **kwargs: Any) -> None:
+        raise ModuleFail(kwargs)
+
+    monkeypatch.setattr(basic.AnsibleModule, "exit_json", exit_json)
+    monkeypatch.setattr(basic.AnsibleModule, "fail_json", fail_json)
+
+    def run(main: Callable[[], None], args: dict[str, Any], fails: bool = False) -> dict[str, Any]:
+        with patch_module_args(args), pytest.raises(ModuleFail if fails else ModuleExit) as ended:
+            main()
+        return ended.value.args[0]
+
+    return run

@@ -8,14 +8,12 @@ import json
 import shutil
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import bundle_manifest
 import pytest
-from ansible.module_utils import basic
-from ansible.module_utils.testing import patch_module_args
 from llmfleet_bundle import index_artifacts, join_url, load_manifest
 
 pytestmark = pytest.mark.skipif(
@@ -41,24 +39,10 @@ MANIFEST = {
 }
 
 
-class ExitJson(Exception):
-    pass
-
-
-class FailJson(Exception):
-    pass
-
-
-@pytest.fixture(autouse=True)
-def _patch_exits(monkeypatch: pytest.MonkeyPatch) -> None:
-    def exit_json(self: basic.AnsibleModule, **kwargs: Any) -> None:
-        raise ExitJson(kwargs)
-
-    def fail_json(self: basic.AnsibleModule, **kwargs: Any) -> None:
-        raise FailJson(kwargs)
-
-    monkeypatch.setattr(basic.AnsibleModule, "exit_json", exit_json)
-    monkeypatch.setattr(basic.AnsibleModule, "fail_json", fail_json)
+@pytest.fixture
+def run(ansible_module: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """bundle_manifest with these arguments: the result it exits (or, fails=True, fails) with."""
+    return functools.partial(ansible_module, bundle_manifest.main)
 
 
 @pytest.fixture(scope="module")
@@ -117,19 +101,9 @@ def served(signed_bundle: Path) -> Iterator[str]:
     server.shutdown()
 
 
-def run(args: dict[str, Any]) -> dict[str, Any]:
-    with patch_module_args(args), pytest.raises(ExitJson) as exc:
-        bundle_manifest.main()
-    return exc.value.args[0]
-
-
-def fail(args: dict[str, Any]) -> dict[str, Any]:
-    with patch_module_args(args), pytest.raises(FailJson) as exc:
-        bundle_manifest.main()
-    return exc.value.args[0]
-
-
-def test_reads_a_signed_manifest_over_http(served: str, signed_bundle: Path) -> None:
+def test_reads_a_signed_manifest_over_http(
+    run: Callable[..., dict[str, Any]], served: str, signed_bundle: Path
+) -> None:
     result = run({"url": served, "keyring": str(signed_bundle / "keys/llmfleet-bundle.gpg")})
     assert result["changed"] is False
     assert result["name"] == "ci"
@@ -141,7 +115,9 @@ def test_reads_a_signed_manifest_over_http(served: str, signed_bundle: Path) -> 
     }
 
 
-def test_reads_a_signed_manifest_from_a_file_url(signed_bundle: Path) -> None:
+def test_reads_a_signed_manifest_from_a_file_url(
+    run: Callable[..., dict[str, Any]], signed_bundle: Path
+) -> None:
     result = run(
         {
             "url": f"file://{signed_bundle}/",
@@ -151,20 +127,24 @@ def test_reads_a_signed_manifest_from_a_file_url(signed_bundle: Path) -> None:
     assert set(result["artifacts"]) == {"llama-cpp-source", "deb:jq"}
 
 
-def test_a_tampered_manifest_fails_its_signature(signed_bundle: Path, tmp_path: Path) -> None:
+def test_a_tampered_manifest_fails_its_signature(
+    run: Callable[..., dict[str, Any]], signed_bundle: Path, tmp_path: Path
+) -> None:
     tampered = tmp_path / "bundle"
     shutil.copytree(signed_bundle, tampered)
     changed = dict(MANIFEST, artifacts=[dict(MANIFEST["artifacts"][0], sha256="c" * 64)])
     (tampered / "manifest.json").write_text(json.dumps(changed))
-    result = fail(
-        {"url": f"file://{tampered}", "keyring": str(tampered / "keys/llmfleet-bundle.gpg")}
+    result = run(
+        {"url": f"file://{tampered}", "keyring": str(tampered / "keys/llmfleet-bundle.gpg")},
+        fails=True,
     )
     assert "does not verify" in result["msg"]
     assert str(tampered / "manifest.json") in result["msg"]
 
 
-def test_an_unreachable_mirror_is_named(tmp_path: Path) -> None:
-    result = fail({"url": "http://127.0.0.1:9", "keyring": str(tmp_path / "k.gpg"), "timeout": 2})
+def test_an_unreachable_mirror_is_named(run: Callable[..., dict[str, Any]], tmp_path: Path) -> None:
+    args = {"url": "http://127.0.0.1:9", "keyring": str(tmp_path / "k.gpg"), "timeout": 2}
+    result = run(args, fails=True)
     assert result["msg"].startswith(
         "cannot read the bundle manifest http://127.0.0.1:9/manifest.json"
     )
