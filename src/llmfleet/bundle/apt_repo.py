@@ -28,9 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
 
-from llmfleet.bundle.fetch import Fetcher, FetchError, HashCache, place, write_atomic
+from llmfleet.bundle.fetch import Fetcher, FetchError, HashCache, place
 from llmfleet.bundle.signing import Signer, SigningError, export_key, gpgv_check, key_fingerprints
 from llmfleet.bundle.spec import AptRepo, AptSource
+from llmfleet.fileio import write_atomic
 
 INDEX_FILES = ("Packages", "Packages.gz", "Release", "InRelease", "Release.gpg")
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")

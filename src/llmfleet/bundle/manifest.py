@@ -1,8 +1,10 @@
 """manifest.json and SHA256SUMS: pure functions from the list of artifacts.
 
-The manifest is deterministic (artifacts sorted by path, debs sorted by path), so a rebuild
-that changes nothing renders the same bytes; `created` is then carried over from the previous
-manifest and nothing is rewritten.
+The format itself (file names, artifact fields, safe paths, the version) belongs to
+plugins/module_utils/llmfleet_bundle.py, which the `bundle_manifest` module reads manifests
+with; this module writes what that one reads. The manifest is deterministic (artifacts sorted
+by path, debs sorted by path), so a rebuild that changes nothing renders the same bytes;
+`created` is then carried over from the previous manifest and nothing is rewritten.
 """
 
 from __future__ import annotations
@@ -14,16 +16,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-FORMAT = 1
-MANIFEST = "manifest.json"
-SIGNATURE = "manifest.json.asc"
-SUMS = "SHA256SUMS"
-KEYRING = "keys/llmfleet-bundle.gpg"
-KEY_ARMORED = "keys/llmfleet-bundle.asc"
+from llmfleet_bundle import FORMAT, KEYRING, MANIFEST, SIGNATURE, SUMS, parse_manifest
+
 #: Files under the bundle that are not artifacts (the manifest itself and the build cache).
 NOT_ARTIFACTS = (MANIFEST, SIGNATURE, SUMS)
 CACHE_DIR = ".cache"
-KINDS = ("file", "deb", "key", "apt-index", "image")
 
 
 @dataclass(frozen=True)
@@ -41,6 +38,11 @@ class Artifact:
     #: images: the tag `docker load` restores and the sha256 of the build's inputs
     tag: str | None = None
     inputs_sha256: str | None = None
+
+    @classmethod
+    def unchecked(cls, name: str, kind: str, path: str, source: str, **extra: Any) -> Artifact:
+        """The artifact before its file is in place: `with_checksum` completes it."""
+        return cls(name=name, kind=kind, path=path, sha256="", size=0, source=source, **extra)
 
     def with_checksum(self, sha256: str, size: int) -> Artifact:
         return Artifact(**{**self.__dict__, "sha256": sha256, "size": size})
@@ -143,22 +145,11 @@ def same_content(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
 
 
 def read_manifest(bundle: Path) -> dict[str, Any] | None:
-    """The bundle's manifest.json, or None when it is missing or not a JSON object."""
+    """The bundle's manifest.json, or None when it is missing or not a manifest we read."""
     try:
-        data = json.loads((bundle / MANIFEST).read_text(encoding="utf-8"))
+        return parse_manifest((bundle / MANIFEST).read_bytes())
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) else None
-
-
-def artifacts_by_path(manifest: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
-    if not manifest or not isinstance(manifest.get("artifacts"), list):
-        return {}
-    return {
-        entry["path"]: entry
-        for entry in manifest["artifacts"]
-        if isinstance(entry, dict) and isinstance(entry.get("path"), str)
-    }
 
 
 def bundle_files(bundle: Path) -> list[str]:

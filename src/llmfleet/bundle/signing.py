@@ -12,8 +12,9 @@ import os
 import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+
+from llmfleet_bundle import SignatureCheck, gpgv_verify
 
 KEY_UID = "llmfleet bundle <bundle@llmfleet.invalid>"
 GPG_BASE = ("--batch", "--no-tty", "--quiet", "--no-permission-warning")
@@ -89,12 +90,13 @@ def export_key(key_file: Path, fingerprint: str, gpg: str = "gpg") -> bytes:
     return result.stdout
 
 
-@dataclass(frozen=True)
-class SignatureCheck:
-    ok: bool
-    fingerprint: str | None = None
-    detail: str = ""
-    signed_text: bytes | None = None
+def _run_gpgv(command: list[str]) -> tuple[int, str, str]:
+    try:
+        result = subprocess.run(command, capture_output=True, check=False)
+    except FileNotFoundError:
+        raise SigningError("gpgv is not installed (Debian package gpgv)") from None
+    stdout, stderr = (out.decode(errors="replace") for out in (result.stdout, result.stderr))
+    return result.returncode, stdout, stderr
 
 
 def gpgv_check(
@@ -103,32 +105,12 @@ def gpgv_check(
     """Check `signature` (detached over `data`, or clearsigned when `data` is None).
 
     Only the keys in `keyring` count. For a clearsigned file the signed text is returned.
+    The check is llmfleet_bundle's (the bundle_manifest module runs the same one).
     """
-    if not keyring.is_file():
-        return SignatureCheck(False, detail=f"no keyring {keyring}")
-    if not signature.is_file():
-        return SignatureCheck(False, detail="signature missing")
     with tempfile.TemporaryDirectory(prefix="llmfleet-gpgv-") as home:
-        command = [gpgv, "--homedir", home, "--status-fd", "1", "--keyring", str(keyring.resolve())]
-        output = Path(home) / "signed.txt"
-        if data is None:
-            command += ["--output", str(output), str(signature)]
-        else:
-            command += [str(signature), str(data)]
-        try:
-            result = subprocess.run(command, capture_output=True, check=False)
-        except FileNotFoundError:
-            raise SigningError("gpgv is not installed (Debian package gpgv)") from None
-        signed = output.read_bytes() if data is None and output.is_file() else None
-    fingerprint = None
-    for line in result.stdout.decode(errors="replace").splitlines():
-        fields = line.split()
-        if fields[:2] == ["[GNUPG:]", "VALIDSIG"] and len(fields) >= 3:
-            fingerprint = fields[-1]
-    if result.returncode != 0 or fingerprint is None:
-        detail = result.stderr.decode(errors="replace").strip().splitlines()
-        return SignatureCheck(False, detail=detail[-1] if detail else "no valid signature")
-    return SignatureCheck(True, fingerprint=fingerprint, signed_text=signed)
+        return gpgv_verify(
+            _run_gpgv, str(keyring), str(signature), None if data is None else str(data), home, gpgv
+        )
 
 
 class Signer:

