@@ -127,6 +127,20 @@ def test_an_unreachable_host_is_an_error(tmp_path: Path) -> None:
         fetcher().download("http://127.0.0.1:9/x", tmp_path / "x", PAYLOAD_SHA, tmp_path, "x")
 
 
+def test_open_yields_the_body_and_its_length(server: FileServer, tmp_path: Path) -> None:
+    """What apt_repo reads a vendor's key with: http(s) through the session, or a file."""
+    server.files["/key.asc"] = b"-----BEGIN PGP PUBLIC KEY BLOCK-----\n"
+    (tmp_path / "key.asc").write_bytes(b"local key")
+    f = fetcher()
+    with f.open(f"{server.url}/key.asc") as (body, length):
+        assert (body.read(), length) == (server.files["/key.asc"], 37)
+    with f.open(f"file://{tmp_path}/key.asc") as (body, length):
+        assert (body.read(), length) == (b"local key", 9)
+    with pytest.raises(FetchError, match=r"^HTTP 404 Not Found$"), f.open(f"{server.url}/gone"):
+        pass
+    assert f.fetches == 3 and server.hits == ["/key.asc", "/gone"]
+
+
 def test_the_download_cache_fetches_once(server: FileServer, tmp_path: Path) -> None:
     server.files["/a"] = PAYLOAD
     f = fetcher()
