@@ -24,7 +24,8 @@ from helpers import prometheus_samples, receiver_on_loopback
 from llmfleet import rollback_receiver as rr
 
 REPO = Path(__file__).resolve().parents[2]
-TEMPLATES = REPO / "roles" / "monitoring" / "templates"
+ROLE = REPO / "roles" / "rollback_receiver"
+TEMPLATES = ROLE / "templates"
 TOKEN = "integration-token-42"
 
 PLAYBOOK = """\
@@ -216,28 +217,30 @@ def test_a_failing_rollback_is_recorded_as_failed(
 
 
 ROLE_VARS = {
-    "monitoring_receiver_user": "llmfleet-receiver",
-    "monitoring_receiver_listen_address": "127.0.0.1",
-    "monitoring_receiver_listen_port": 9095,
-    "monitoring_receiver_cooldown_seconds": 600,
-    "monitoring_receiver_extravars": {"rollback_reason": "alert"},
-    "monitoring_receiver_environment": {"ANSIBLE_FORKS": "1"},
-    "monitoring_receiver_run_timeout_seconds": 1800,
-    "monitoring_receiver_keep_runs": 20,
-    "monitoring_receiver_ansible_cfg": "",
-    "monitoring_receiver_project_dir": "",
+    "rollback_receiver_user": "llmfleet-receiver",
+    "llmfleet_receiver_listen_address": "127.0.0.1",
+    "llmfleet_receiver_port": 9095,
+    "llmfleet_receiver_cooldown_seconds": 600,
+    "rollback_receiver_extravars": {"rollback_reason": "alert"},
+    "rollback_receiver_environment": {"ANSIBLE_FORKS": "1"},
+    "rollback_receiver_run_timeout_seconds": 1800,
+    "rollback_receiver_keep_runs": 20,
+    "rollback_receiver_ansible_cfg": "",
+    "rollback_receiver_project_dir": "",
 }
 
 
 def test_the_role_templates_render_a_valid_configuration_and_unit(site: Path) -> None:
     role_vars = {
         **ROLE_VARS,
-        "monitoring_receiver_venv": "/opt/llmfleet/venv",
-        "monitoring_receiver_token_file": str(site / "token"),
-        "monitoring_receiver_state_dir": str(site / "state"),
-        "monitoring_receiver_log_file": str(site / "log" / "actions.jsonl"),
-        "monitoring_receiver_playbook": str(site / "rollback.yml"),
-        "monitoring_receiver_inventory": str(site / "hosts.yml"),
+        "rollback_receiver_venv": "/opt/llmfleet/venv",
+        "rollback_receiver_config_dir": str(site),
+        # The role's vars/main.yml derives it from the config dir: here, the site's token.
+        "__rollback_receiver_token_file": str(site / "token"),
+        "rollback_receiver_state_dir": str(site / "state"),
+        "rollback_receiver_log_file": str(site / "log" / "actions.jsonl"),
+        "rollback_receiver_playbook": str(site / "rollback.yml"),
+        "rollback_receiver_inventory": str(site / "hosts.yml"),
     }
     render = {
         "name": "Render the receiver's templates",
@@ -254,7 +257,7 @@ def test_the_role_templates_render_a_valid_configuration_and_unit(site: Path) ->
                     "mode": "0644",
                 },
                 "loop": [
-                    "etc/llmfleet/receiver.yml",
+                    "etc/llmfleet-receiver/receiver.yml",
                     "etc/systemd/system/llmfleet-rollback-receiver.service",
                 ],
             }
@@ -285,8 +288,7 @@ def test_the_role_templates_render_a_valid_configuration_and_unit(site: Path) ->
     unit = (site / "llmfleet-rollback-receiver.service").read_text().splitlines()
     assert unit[1] == "# Ansible managed"
     assert (
-        "ExecStart=/opt/llmfleet/venv/bin/llmfleet receiver --config /etc/llmfleet/receiver.yml"
-        in unit
+        f"ExecStart=/opt/llmfleet/venv/bin/llmfleet receiver --config {site}/receiver.yml" in unit
     )
     assert "User=llmfleet-receiver" in unit
     assert f"ReadWritePaths={site / 'state'}" in unit
