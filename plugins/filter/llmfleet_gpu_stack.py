@@ -115,14 +115,29 @@ def driver_plan(
 
 
 def secure_boot_enabled(efivar_base64: str | None) -> bool:
-    """Whether the SecureBoot EFI variable (4 attribute bytes, then the value) says 1."""
+    """Whether the SecureBoot EFI variable (4 attribute bytes, then the value) says 1.
+
+    No variable at all (None or empty: the firmware has none) is off. A variable that was
+    read but cannot be decoded, or is shorter than 5 bytes, is unknown, and unknown is not
+    off: that raises, naming what was found.
+    """
     if not efivar_base64:
         return False
     try:
         data = base64.b64decode(efivar_base64, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise AnsibleFilterError(f"the SecureBoot EFI variable is not readable: {exc}") from exc
-    return len(data) >= 5 and data[4] == 1
+    if len(data) < 5:
+        raise AnsibleFilterError(
+            f"the SecureBoot EFI variable holds {len(data)} bytes, not 4 attribute bytes and "
+            "a value: the Secure Boot state is unknown, and unknown is not off"
+        )
+    if data[4] not in (0, 1):
+        raise AnsibleFilterError(
+            f"the SecureBoot EFI variable's value is {data[4]}, neither 0 nor 1: "
+            "the Secure Boot state is unknown, and unknown is not off"
+        )
+    return data[4] == 1
 
 
 def cuda_plan(

@@ -229,6 +229,20 @@ def test_secure_boot_reads_the_value_after_the_attributes() -> None:
         stack.secure_boot_enabled("not base64!")
 
 
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [
+        (bytes([0x06, 0, 0, 0]), "holds 4 bytes"),  # attributes only: truncated read
+        (bytes([0x06]), "holds 1 bytes"),
+        (bytes([0x06, 0, 0, 0, 7]), "value is 7"),
+    ],
+)
+def test_an_unreadable_secure_boot_state_is_unknown_not_off(raw: bytes, says: str) -> None:
+    with pytest.raises(stack.AnsibleFilterError, match="unknown is not off") as error:
+        stack.secure_boot_enabled(base64.b64encode(raw).decode())
+    assert says in str(error.value)
+
+
 # --------------------------------------------------------------------------- CUDA and the driver
 
 
