@@ -180,8 +180,13 @@ for role in "${roles[@]}"; do
     continue
   fi
   cp "$readme" "$tmp/$role.md"
-  "$aar_doc" --output-file "$tmp/$role.md" --output-template "$template" --output-mode inject \
-    "roles/$role" markdown
+  if ! "$aar_doc" --output-file "$tmp/$role.md" --output-template "$template" --output-mode inject \
+    "roles/$role" markdown >"$tmp/$role.log" 2>&1; then
+    echo "$readme: aar-doc failed (each marker must be on a line of its own):" >&2
+    cat "$tmp/$role.log" >&2
+    stale+=("$role")
+    continue
+  fi
   if ! diff -u --label "$readme" --label "$readme (aar-doc now)" "$readme" "$tmp/$role.md" \
     >"$tmp/$role.diff"; then
     echo "$readme is stale (it differs from what aar-doc writes now): run scripts/docs.sh $role" >&2
