@@ -106,51 +106,69 @@ def write_json(path: Path, document: object) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from llmfleet.bench import (
+        DEFAULT_CONCURRENCY,
         BenchConfig,
+        BenchError,
+        Level,
         all_failed_levels,
-        chat_url,
         format_report,
         parse_concurrency,
+        parse_rates,
         run_benchmark,
     )
+    from llmfleet.bench_stats import parse_objectives
 
     try:
-        chat_url(args.endpoint)
-        concurrency = parse_concurrency(args.concurrency)
-        api_key = _bench_api_key(args)
-        for name in ("requests", "max_tokens"):
-            if getattr(args, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be 1 or more")
-        if args.timeout <= 0 or args.time_limit <= 0:
-            raise ValueError("--timeout and --time-limit must be more than 0 seconds")
+        if args.prompt is not None:
+            raise ValueError(
+                "--prompt is gone: every request now gets its own generated prompt of "
+                "--input-tokens tokens (one fixed prompt hits the server's prompt cache)"
+            )
+        if args.max_in_flight is not None and not args.rate:
+            raise ValueError("--max-in-flight applies to --rate levels only")
+        concurrency = parse_concurrency(args.concurrency) if args.concurrency else ()
+        rates = parse_rates(args.rate) if args.rate else ()
+        if not concurrency and not rates:
+            concurrency = DEFAULT_CONCURRENCY
+        levels = tuple(Level(concurrency=n) for n in concurrency) + tuple(
+            Level(rate=rate, max_in_flight=args.max_in_flight) for rate in rates
+        )
+        config = BenchConfig(
+            endpoint=args.endpoint,
+            levels=levels,
+            requests=args.requests,
+            input_tokens=args.input_tokens,
+            output_tokens=args.max_tokens,
+            seed=args.seed,
+            objectives=parse_objectives(args.slo),
+            metrics_url=args.metrics_url,
+            read_metrics=not args.no_metrics,
+            prompt_cache=args.prompt_cache,
+            timeout_s=args.timeout,
+            time_limit_s=args.time_limit,
+            model=args.model,
+            warmup=not args.no_warmup,
+            api_key=_bench_api_key(args),
+        )
     except ValueError as exc:
         print(f"llmfleet bench: {exc}", file=sys.stderr)
         return 2
-    config = BenchConfig(
-        endpoint=args.endpoint,
-        concurrency=concurrency,
-        requests=args.requests,
-        max_tokens=args.max_tokens,
-        prompt=args.prompt,
-        timeout_s=args.timeout,
-        time_limit_s=args.time_limit,
-        model=args.model,
-        warmup=not args.no_warmup,
-        api_key=api_key,
-    )
 
     def progress(line: str) -> None:
         if not args.quiet:
             print(f"bench: {line}", file=sys.stderr, flush=True)
 
-    document = run_benchmark(config, progress=progress)
+    try:
+        document = run_benchmark(config, progress=progress)
+    except BenchError as exc:
+        print(f"llmfleet bench: {exc}", file=sys.stderr)
+        return 1
     print(format_report(document))
     if args.json:
         write_json(Path(args.json), document)
     failed = all_failed_levels(document)
     if failed:
-        levels = ", ".join(str(level) for level in failed)
-        print(f"FAILED: every request failed at concurrency {levels}", file=sys.stderr)
+        print(f"FAILED: every request failed at {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
 
@@ -262,33 +280,81 @@ def add_number_arguments(
 
 
 def add_bench_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from llmfleet import bench
+    from llmfleet import bench, bench_stats
 
     parser = commands.add_parser(
         "bench",
-        help="measure an OpenAI-compatible endpoint: latency, time to first token, tokens/s",
-        description="Send a warm-up request, then up to --requests streaming chat completions "
-        "at each concurrency level (none started after --time-limit), and print p50/p99 "
-        "latency and time to first token, tokens/s and requests/s per level. Percentiles "
-        f"use {bench.PERCENTILE_METHOD}. Exit 1 when every request of a level failed.",
+        help="measure an OpenAI-compatible endpoint: TTFT, TPOT, ITL, latency, goodput",
+        description="Send a warm-up request, then --requests streaming chat completions per "
+        "level: at each --concurrency (closed loop) and each --rate (Poisson arrivals, open "
+        "loop). Every prompt is distinct and exactly --input-tokens long (by the server's "
+        "/tokenize); every answer is --output-tokens long (ignore_eos). Prints TTFT, TPOT, ITL "
+        "and end-to-end latency (mean, p50, p90, p99), throughput and goodput per level, and "
+        "checks the token counts against the server's /metrics counters. Percentiles use "
+        f"{bench_stats.PERCENTILE_METHOD}; {bench_stats.SAMPLE_RULE} (p99: 100). "
+        "Exit 1 when every request of a level failed.",
     )
     parser.add_argument(
         "endpoint", metavar="ENDPOINT", help="the server, e.g. http://10.0.0.5:8080"
     )
     parser.add_argument(
         "--concurrency",
-        default=",".join(str(level) for level in bench.DEFAULT_CONCURRENCY),
         metavar="N[,N...]",
-        help="concurrency levels, comma-separated (default: %(default)s)",
+        help="closed-loop levels: requests always in flight, comma-separated (default: "
+        f"{','.join(str(n) for n in bench.DEFAULT_CONCURRENCY)} unless --rate is given)",
+    )
+    parser.add_argument(
+        "--rate",
+        metavar="R[,R...]",
+        help="open-loop levels: requests per second, sent at seeded Poisson times",
+    )
+    parser.add_argument(
+        "--max-in-flight",
+        type=int,
+        metavar="N",
+        help="at most N requests at once at a --rate level (default: no limit)",
     )
     add_number_arguments(
         parser,
         ("--requests", int, bench.DEFAULT_REQUESTS, "requests per level"),
-        ("--max-tokens", int, bench.DEFAULT_MAX_TOKENS, "max_tokens of each request"),
+        ("--input-tokens", int, bench.DEFAULT_INPUT_TOKENS, "tokens of each prompt, exact"),
     )
     parser.add_argument(
-        "--prompt", default=bench.DEFAULT_PROMPT, metavar="TEXT", help="the user message"
+        "--output-tokens",
+        "--max-tokens",
+        dest="max_tokens",
+        type=int,
+        default=bench.DEFAULT_MAX_TOKENS,
+        metavar="N",
+        help="tokens of each answer: max_tokens with ignore_eos (default: %(default)g)",
     )
+    add_number_arguments(
+        parser, ("--seed", int, bench.DEFAULT_SEED, "seed of the prompts and the arrival times")
+    )
+    parser.add_argument(
+        "--slo",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a latency objective for goodput, repeatable: ttft, tpot or e2e, in ms or s "
+        "(e.g. --slo ttft=500ms --slo tpot=50ms)",
+    )
+    parser.add_argument(
+        "--metrics-url",
+        metavar="URL",
+        help="the engine's Prometheus metrics (default: ENDPOINT/metrics; through the front "
+        "door's metrics port: http://HOST:9180/engine/metrics)",
+    )
+    parser.add_argument(
+        "--no-metrics", action="store_true", help="do not read or check the server's metrics"
+    )
+    parser.add_argument(
+        "--prompt-cache",
+        action="store_true",
+        help="let llama-server reuse cached prompt tokens (default: cache_prompt false, so a "
+        "run with the same --seed as an earlier one does not find its prompts cached)",
+    )
+    parser.add_argument("--prompt", help=argparse.SUPPRESS)  # gone: a message says why
     parser.add_argument("--model", metavar="NAME", help="the request's model field (optional)")
     add_api_key_file_argument(parser)
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")

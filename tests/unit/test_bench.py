@@ -1,18 +1,21 @@
 """`llmfleet bench` against a fake OpenAI-compatible streaming server on 127.0.0.1.
 
-The fake server streams chat completion chunks the way llama-server does
-(chunked SSE, ``data: {json}`` events, ``usage`` and ``timings`` in the last
-chunk, then ``data: [DONE]``), records every request and the most requests it
-held at once, and can demand an API key, fail some requests, or misbehave.
+The fake server (stdlib, threaded) behaves as llama-server does where the benchmark looks:
+``POST /tokenize`` (``with_pieces``), ``GET /metrics`` (the ``llamacpp:`` counters, updated
+before the client sees the end of a stream), and streamed chat completions (chunked SSE,
+a role chunk, one chunk per token, ``reasoning_content`` first for a thinking model, a
+finish chunk, a usage chunk with ``timings``, then ``data: [DONE]``), with ``max_tokens``
+tokens when ``ignore_eos`` is set and a short natural answer otherwise. It records every
+request and the most it held at once, and can demand an API key, fail some requests,
+misbehave, or count tokens the client did not get. No test enforces a speed: times are only
+checked against the delays the fake sleeps, from below.
 """
 
 from __future__ import annotations
 
 import json
-import random
 import re
 import socket
-import statistics
 import threading
 import time
 from collections.abc import Iterator
@@ -23,25 +26,43 @@ from typing import Any
 
 import pytest
 
+from llmfleet import bench
 from llmfleet.bench import (
+    SCHEMA,
+    SCHEMA_FILE,
     BenchConfig,
+    BenchError,
+    Level,
     LevelRun,
+    Prompt,
     RequestResult,
     StreamError,
+    base_url,
+    build_prompts,
     chat_url,
+    default_metrics_url,
+    drive_level,
     format_report,
     parse_concurrency,
-    percentile,
+    parse_rates,
     read_stream,
     run_benchmark,
     run_level,
     send_request,
     summarize_level,
 )
+from llmfleet.bench_stats import Objective, poisson_arrivals
 from llmfleet.cli import main
+from llmfleet.validation import check, compile_schema
 
 MODEL = "qwen2.5-7b-instruct-q4_k_m.gguf"
 KEY = "sk-test-9f8e7d6c5b4a"
+TEMPLATE_TOKENS = 9  # what the fake's chat template adds to a prompt
+
+
+def pieces(text: str) -> list[str]:
+    """The fake's tokenizer: each word in pieces of up to four letters, the first with its space."""
+    return re.findall(r" ?[^ ]{1,4}", text)
 
 
 @dataclass
@@ -50,24 +71,28 @@ class FakeState:
 
     mode: str = "ok"  # ok | no_usage | usage_only | malformed | no_done | stall
     key: str | None = None  # demand "Authorization: Bearer <key>"
-    fail_every: int = 0  # answer 500 to every n-th request
-    chunks: int = 4  # content chunks per completion
-    delay: float = 0.004  # seconds before each chunk
-    predicted_n: int = 7  # timings.predicted_n (differs from chunks on purpose)
-    usage_tokens: int = 6  # usage.completion_tokens
+    fail_every: int = 0  # answer 500 to every n-th chat completion
+    first_delay: float = 0.004  # seconds before the first token
+    delay: float = 0.002  # seconds before each later token
+    natural_tokens: int = 3  # the answer's length without ignore_eos
+    honours_ignore_eos: bool = True
+    reasoning_tokens: int = 0  # the first tokens come as reasoning_content
+    answer_delay: float = 0.0  # seconds between thinking and answer
+    cached_tokens: int = 0  # prompt tokens found in the cache, per request
+    metrics: str = "on"  # on | off (501) | no_cached_counter
+    extra_predicted: int = 0  # tokens the server counts beyond what it sends, per request
     lock: threading.Lock = field(default_factory=threading.Lock)
     release: threading.Event = field(default_factory=threading.Event)
     count: int = 0
     in_flight: int = 0
     max_in_flight: int = 0
-    authorizations: list[str | None] = field(default_factory=list)
+    started: list[float] = field(default_factory=list)
+    authorizations: dict[str, list[str | None]] = field(default_factory=dict)
     bodies: list[dict[str, Any]] = field(default_factory=list)
-
-    def reset_counters(self) -> None:
-        with self.lock:
-            self.count = self.max_in_flight = 0
-            self.authorizations.clear()
-            self.bodies.clear()
+    tokenize_calls: int = 0
+    prompt_total: int = 0
+    cached_total: int = 0
+    predicted_total: int = 0
 
 
 def sse(payload: dict[str, Any] | str) -> bytes:
@@ -81,40 +106,41 @@ def lines(*events: bytes) -> list[bytes]:
     return b"".join(events).splitlines(keepends=True)
 
 
-def chunk(content: str | None = None, role: str | None = None, **extra: Any) -> dict[str, Any]:
+def chunk(
+    content: str | None = None,
+    role: str | None = None,
+    reasoning: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     delta: dict[str, Any] = {}
     if role:
         delta["role"] = role
     if content is not None:
         delta["content"] = content
+    if reasoning is not None:
+        delta["reasoning_content"] = reasoning
     finish = extra.pop("finish_reason", None)
+    choices = extra.pop("choices", [{"index": 0, "delta": delta, "finish_reason": finish}])
     return {
         "id": "chatcmpl-1",
         "object": "chat.completion.chunk",
         "created": 1,
         "model": MODEL,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        "choices": choices,
         **extra,
     }
 
 
 class FakeHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # each chunk leaves when written, as the test asks
     server: FakeServer
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         pass
 
-    def _leave(self) -> None:
-        """Out of the in-flight count, before the last write lets the client go on."""
-        if self._in_flight:
-            self._in_flight = False
-            with self.server.state.lock:
-                self.server.state.in_flight -= 1
-
     def _json(self, status: int, document: dict[str, Any]) -> None:
         body = json.dumps(document).encode()
-        self._leave()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -126,63 +152,134 @@ class FakeHandler(BaseHTTPRequestHandler):
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
         self.wfile.flush()
 
+    def _authorized(self) -> bool:
+        state = self.server.state
+        authorization = self.headers.get("Authorization")
+        with state.lock:
+            state.authorizations.setdefault(self.path, []).append(authorization)
+        if state.key and authorization != f"Bearer {state.key}":
+            # A careless server that echoes the header: the key must still not leak.
+            message = f"Invalid API Key ({authorization})"
+            self._json(401, {"error": {"code": 401, "message": message}})
+            return False
+        return True
+
+    def do_GET(self) -> None:
+        state = self.server.state
+        self.close_connection = True
+        if self.path != "/metrics":
+            return self._json(404, {"error": {"code": 404, "message": "File Not Found"}})
+        if not self._authorized():
+            return None
+        if state.metrics == "off":
+            message = "This server does not support metrics endpoint."
+            return self._json(501, {"error": {"code": 501, "message": message}})
+        with state.lock:
+            text = [
+                "# HELP llamacpp:prompt_tokens_total Number of prompt tokens processed.",
+                "# TYPE llamacpp:prompt_tokens_total counter",
+                f"llamacpp:prompt_tokens_total {state.prompt_total}",
+                f"llamacpp:tokens_predicted_total {state.predicted_total}",
+                f"llamacpp:requests_processing {state.in_flight}",
+            ]
+            if state.metrics != "no_cached_counter":
+                text.append(f"llamacpp:prompt_tokens_cached_total {state.cached_total}")
+        body = ("\n".join(text) + "\n").encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        return None
+
     def do_POST(self) -> None:
         state = self.server.state
         self.close_connection = True
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        authorization = self.headers.get("Authorization")
+        if not self._authorized():
+            return None
+        if self.path == "/tokenize":
+            with state.lock:
+                state.tokenize_calls += 1
+            found = pieces(body["content"])
+            tokens = [
+                {"id": n, "piece": piece} if body.get("with_pieces") else n
+                for n, piece in enumerate(found)
+            ]
+            return self._json(200, {"tokens": tokens})
+        if self.path != "/v1/chat/completions":
+            return self._json(404, {"error": {"code": 404, "message": "File Not Found"}})
         with state.lock:
             state.count += 1
             number = state.count
             state.in_flight += 1
             state.max_in_flight = max(state.max_in_flight, state.in_flight)
-            state.authorizations.append(authorization)
+            state.started.append(time.monotonic())
             state.bodies.append(body)
         self._in_flight = True
         try:
-            if self.path != "/v1/chat/completions":
-                self._json(404, {"error": {"code": 404, "message": "File Not Found"}})
-            elif state.key and authorization != f"Bearer {state.key}":
-                # A careless server that echoes the header: the key must still not leak.
-                message = f"Invalid API Key ({authorization})"
-                self._json(401, {"error": {"code": 401, "message": message}})
-            elif state.fail_every and number % state.fail_every == 0:
-                self._json(500, {"error": {"code": 500, "message": "slot unavailable"}})
-            else:
-                self._stream(state)
+            if state.fail_every and number % state.fail_every == 0:
+                self._leave()
+                return self._json(500, {"error": {"code": 500, "message": "slot unavailable"}})
+            return self._stream(state, body)
         finally:
             self._leave()
 
-    def _stream(self, state: FakeState) -> None:
+    def _leave(self) -> None:
+        """Out of the in-flight count, before the last write lets the client go on."""
+        if self._in_flight:
+            self._in_flight = False
+            with self.server.state.lock:
+                self.server.state.in_flight -= 1
+
+    def _stream(self, state: FakeState, body: dict[str, Any]) -> None:
+        prompt = len(pieces(body["messages"][0]["content"])) + TEMPLATE_TOKENS
+        cached = min(state.cached_tokens, prompt - 1) if body.get("cache_prompt", True) else 0
+        limit = body.get("max_tokens", 16)
+        ignore_eos = body.get("ignore_eos") and state.honours_ignore_eos
+        tokens = limit if ignore_eos else min(state.natural_tokens, limit)
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-        self._chunk(b": keep-alive comment\n\n" + sse(chunk(role="assistant", content="")))
-        for index in range(state.chunks):
-            time.sleep(state.delay)
+        self._chunk(b": keep-alive comment\n\n" + sse(chunk(role="assistant", content=None)))
+        for index in range(tokens):
+            time.sleep(state.first_delay if index == 0 else state.delay)
             if state.mode == "malformed" and index == 1:
                 self._chunk(b"data: {not json\n\n")
                 return self._chunk(b"")
             if state.mode == "stall" and index == 1:
                 state.release.wait(5)
                 return None
-            self._chunk(sse(chunk(content=f"tok{index} ")))
-        last: dict[str, Any] = {"finish_reason": "length"}
+            if index < state.reasoning_tokens:
+                self._chunk(sse(chunk(reasoning=f"think{index} ")))
+            else:
+                if index == state.reasoning_tokens and index:
+                    time.sleep(state.answer_delay)
+                self._chunk(sse(chunk(content=f"tok{index} ")))
+        with state.lock:  # the counters move before the client sees the end, as llama-server's
+            state.prompt_total += prompt - cached
+            state.cached_total += cached
+            state.predicted_total += tokens + state.extra_predicted
+        self._leave()
+        self._chunk(sse(chunk(finish_reason="length")))
+        last: dict[str, Any] = {"choices": []}
         if state.mode in ("ok", "usage_only"):
             last["usage"] = {
-                "completion_tokens": state.usage_tokens,
-                "prompt_tokens": 12,
-                "total_tokens": 12 + state.usage_tokens,
+                "completion_tokens": tokens,
+                "prompt_tokens": prompt,
+                "total_tokens": prompt + tokens,
+                "prompt_tokens_details": {"cached_tokens": cached},
             }
-        if state.mode == "ok":
+        if state.mode in ("ok", "no_usage"):
             last["timings"] = {
-                "prompt_n": 12,
-                "predicted_n": state.predicted_n,
+                "cache_n": cached,
+                "prompt_n": prompt - cached,
+                "predicted_n": tokens,
                 "predicted_per_second": 250.0,
             }
-        self._leave()
-        self._chunk(sse(chunk(**last)))
+        if len(last) > 1:
+            self._chunk(sse(chunk(**last)))
         if state.mode != "no_done":
             self._chunk(sse("[DONE]"))
         self._chunk(b"")
@@ -218,13 +315,19 @@ def server() -> Iterator[FakeServer]:
 def config(server: FakeServer, **overrides: Any) -> BenchConfig:
     settings: dict[str, Any] = {
         "endpoint": server.endpoint,
-        "concurrency": (1,),
+        "levels": (Level(concurrency=1),),
         "requests": 3,
+        "input_tokens": 16,
+        "output_tokens": 6,
         "timeout_s": 5.0,
-        "time_limit_s": 5.0,
+        "time_limit_s": 10.0,
     }
     settings.update(overrides)
     return BenchConfig(**settings)
+
+
+def prompt(text: str = "hello world", index: int = 0) -> Prompt:
+    return Prompt(index, text, len(pieces(text)))
 
 
 def closed_port() -> int:
@@ -233,79 +336,54 @@ def closed_port() -> int:
         return sock.getsockname()[1]
 
 
-# -- statistics ------------------------------------------------------------------------------------
+def validate(document: dict[str, Any]) -> None:
+    """The document against the published JSON Schema."""
+    validator = compile_schema(json.loads(SCHEMA_FILE.read_text()))
+    problems = check(validator, json.loads(json.dumps(document)))
+    assert problems == [], problems
 
 
-def test_percentile_linear_interpolation() -> None:
-    values = [10, 1, 9, 2, 8, 3, 7, 4, 6, 5]  # unsorted on purpose
-    assert percentile(values, 0) == 1
-    assert percentile(values, 100) == 10
-    assert percentile(values, 50) == pytest.approx(5.5)
-    assert percentile(values, 99) == pytest.approx(9.91)  # rank 8.91: 9 + 0.91 * (10 - 9)
-    assert percentile(values, 25) == pytest.approx(3.25)
-    assert percentile([4.2], 99) == 4.2
-    assert percentile([], 50) is None
-    with pytest.raises(ValueError):
-        percentile(values, 101)
+# -- the stream ------------------------------------------------------------------------------------
 
 
-def test_percentile_matches_statistics_inclusive_method() -> None:
-    sample = [random.Random(seed).expovariate(2) for seed in range(37)]
-    cut_points = statistics.quantiles(sample, n=100, method="inclusive")
-    for p in range(1, 100):
-        assert percentile(sample, p) == pytest.approx(cut_points[p - 1])
-
-
-def test_summarize_level_figures() -> None:
-    results = [
-        RequestResult(ok=True, status=200, latency_s=lat, ttft_s=lat / 4, completion_tokens=10)
-        for lat in (0.1, 0.2, 0.3, 0.4)
-    ]
-    results += [RequestResult(ok=False, status=500, error="HTTP 500: boom")] * 2
-    results += [RequestResult(ok=False, error="connection refused")]
-    summary = summarize_level(LevelRun(2, results, wall_s=0.5, stopped_by="count"))
-    assert (summary["requests"], summary["succeeded"], summary["failed"]) == (7, 4, 3)
-    assert summary["latency_s"]["p50"] == pytest.approx(0.25)
-    assert summary["latency_s"]["p99"] == pytest.approx(0.397)
-    assert summary["ttft_s"]["p50"] == pytest.approx(0.0625)
-    assert summary["completion_tokens"] == 40
-    assert summary["tokens_per_s"]["aggregate"] == pytest.approx(80.0)  # 40 tokens / 0.5 s
-    expected_mean = statistics.fmean([100, 50, 100 / 3, 25])  # tokens / latency, per request
-    assert summary["tokens_per_s"]["mean"] == pytest.approx(expected_mean, abs=0.01)
-    assert summary["requests_per_s"] == pytest.approx(8.0)  # 4 succeeded / 0.5 s
-    assert summary["errors"] == [
-        {"reason": "HTTP 500: boom", "count": 2},
-        {"reason": "connection refused", "count": 1},
-    ]
-
-
-def test_summarize_level_keeps_the_first_few_reasons() -> None:
-    results = [RequestResult(ok=False, error=f"reason {n}") for n in range(8)]
-    summary = summarize_level(LevelRun(1, results, wall_s=1.0, stopped_by="count"))
-    assert len(summary["errors"]) == 5
-    assert summary["errors_left_out"] == 3
-    assert summary["latency_s"]["p50"] is None
-    assert summary["tokens_per_s"]["aggregate"] is None
-
-
-# -- the stream and the options -------------------------------------------------------------
-
-
-def test_read_stream_prefers_timings_then_usage_then_chunks() -> None:
+def test_read_stream_times_every_text_chunk_thinking_included() -> None:
+    clock = iter([1.0, 1.5, 1.75, 2.5]).__next__  # one reading per chunk with text
     events = [
-        sse(chunk(role="assistant", content="")),  # no content yet: not the first token
+        sse(chunk(role="assistant", content=None)),  # no text yet: not the first token
+        sse(chunk(reasoning="Let me")),
+        sse(chunk(reasoning=" think")),
+        sse(chunk(content="")),  # empty: not a token
         sse(chunk(content="Hello")),
         sse(chunk(content=" world")),
+        sse(chunk(finish_reason="length")),
+        sse(chunk(choices=[], usage={"completion_tokens": 4, "prompt_tokens": 20})),
+        b"data: [DONE]\n\n",
     ]
-    first: list[int] = []
-    final = sse(chunk(usage={"completion_tokens": 5}, timings={"predicted_n": 9}))
-    summary = read_stream(
-        lines(*events, final, b"data: [DONE]\n"), on_first_token=lambda: first.append(1)
+    summary = read_stream(lines(*events), clock=clock)
+    assert summary.token_times == [1.0, 1.5, 1.75, 2.5]
+    assert (summary.reasoning_chunks, summary.content_chunks) == (2, 2)
+    assert (summary.completion_tokens, summary.token_source) == (4, "usage")
+    assert (summary.prompt_tokens, summary.model) == (20, MODEL)
+
+
+def test_request_figures_follow_the_definitions() -> None:
+    # sent at 0; tokens at 0.2, 0.25, 0.4, 0.7; the stream ends at 1.0; 5 tokens by usage
+    result = RequestResult(
+        ok=True, latency_s=1.0, ttft_s=0.2, completion_tokens=5, itl_s=[0.05, 0.15, 0.3]
     )
-    assert first == [1]
-    assert (summary.completion_tokens, summary.token_source, summary.model) == (9, "timings", MODEL)
-    summary = read_stream(lines(*events, sse(chunk(usage={"completion_tokens": 5})), sse("[DONE]")))
+    assert result.tpot_s == pytest.approx(0.2)  # (1.0 - 0.2) / (5 - 1)
+    assert result.figures() == {"ttft": 0.2, "tpot": pytest.approx(0.2), "e2e": 1.0}
+    assert RequestResult(ok=False, error="x").figures() is None
+
+
+def test_read_stream_token_counts_usage_then_timings_then_chunks() -> None:
+    events = [sse(chunk(content="Hello")), sse(chunk(content=" world"))]
+    usage = sse(chunk(usage={"completion_tokens": 5}, timings={"predicted_n": 9, "prompt_n": 3}))
+    summary = read_stream(lines(*events, usage, b"data: [DONE]\n"))
     assert (summary.completion_tokens, summary.token_source) == (5, "usage")
+    assert summary.prompt_processed == 3
+    summary = read_stream(lines(*events, sse(chunk(timings={"predicted_n": 9})), sse("[DONE]")))
+    assert (summary.completion_tokens, summary.token_source) == (9, "timings")
     summary = read_stream(lines(*events, sse("[DONE]")))
     assert (summary.completion_tokens, summary.token_source) == (2, "chunks")
 
@@ -323,116 +401,116 @@ def test_read_stream_rejects_bad_streams(stream: list[bytes], message: str) -> N
         read_stream(stream)
 
 
-def test_chat_url_and_concurrency_parsing() -> None:
+def test_urls_and_level_parsing() -> None:
     assert chat_url("http://10.0.0.5:8080") == "http://10.0.0.5:8080/v1/chat/completions"
     assert chat_url("10.0.0.5:8080/v1/") == "http://10.0.0.5:8080/v1/chat/completions"
     assert chat_url("https://h/v1/chat/completions") == "https://h/v1/chat/completions"
+    assert base_url("https://h/llm/v1/chat/completions") == "https://h/llm"
+    assert default_metrics_url("10.0.0.5:8080/v1") == "http://10.0.0.5:8080/metrics"
     with pytest.raises(ValueError):
         chat_url("ftp://h")
     assert parse_concurrency("1,4, 8") == (1, 4, 8)
     for bad in ("", "0", "a,b", "2,-1"):
         with pytest.raises(ValueError):
             parse_concurrency(bad)
+    assert parse_rates("0.5, 2") == (0.5, 2.0)
+    for bad in ("", "0", "fast", "-1", "inf"):
+        with pytest.raises(ValueError):
+            parse_rates(bad)
+    assert Level(concurrency=4).name == "concurrency 4"
+    assert Level(rate=2.5, max_in_flight=8).name == "rate 2.5/s (max 8)"
+    for bad in ({}, {"concurrency": 1, "rate": 1.0}, {"concurrency": 0}, {"rate": 0.0}):
+        with pytest.raises(ValueError):
+            Level(**bad)
 
 
-# -- against the fake server -----------------------------------------------------------------------
+# -- prompts through /tokenize -------------------------------------------------------------------
 
 
-def test_one_request_measures_ttft_latency_and_tokens(server: FakeServer) -> None:
-    result = send_request(config(server))
+def test_prompts_are_distinct_and_exactly_as_long_as_asked(server: FakeServer) -> None:
+    prompts = build_prompts(config(server, input_tokens=37), first=1, count=12)
+    assert [p.index for p in prompts] == list(range(1, 13))
+    assert all(len(pieces(p.text)) == 37 and p.tokens == 37 for p in prompts)
+    assert len({p.text for p in prompts}) == 12
+    assert build_prompts(config(server, input_tokens=37), first=1, count=12) == prompts
+    assert build_prompts(config(server, input_tokens=37, seed=1), first=1, count=1) != prompts[:1]
+    assert server.state.tokenize_calls >= 24  # draw and check, per prompt
+
+
+def test_a_server_without_tokenize_stops_the_run(server: FakeServer) -> None:
+    with pytest.raises(BenchError, match=r"/tokenize: connection refused"):
+        build_prompts(config(server, endpoint=f"http://127.0.0.1:{closed_port()}"), 0, 1)
+    with pytest.raises(BenchError, match=r"HTTP 404 Not Found: File Not Found"):
+        build_prompts(config(server, endpoint=server.endpoint + "/other/v1"), 0, 1)
+
+
+# -- one request -----------------------------------------------------------------------------------
+
+
+def test_one_request_sends_the_workload_and_measures_it(server: FakeServer) -> None:
+    server.state.first_delay, server.state.delay = 0.03, 0.01
+    result = send_request(config(server, output_tokens=8), prompt("alpha beta gamma"))
     assert result.ok, result.error
     assert result.status == 200
-    assert result.ttft_s is not None and result.latency_s is not None
-    # The first content chunk comes after one delay, the end after four.
-    assert 0 < result.ttft_s < result.latency_s
-    assert result.latency_s - result.ttft_s >= 3 * server.state.delay * 0.9
-    assert (result.completion_tokens, result.token_source) == (7, "timings")
-    assert result.tokens_per_s == pytest.approx(7 / result.latency_s)
-    assert result.model == MODEL
     body = server.state.bodies[0]
-    assert body["stream"] is True and body["temperature"] == 0 and body["max_tokens"] == 64
-    assert body["stream_options"] == {"include_usage": True}
-    assert server.state.authorizations == [None]
+    assert body["messages"] == [{"role": "user", "content": "alpha beta gamma"}]
+    assert (body["max_tokens"], body["ignore_eos"], body["temperature"]) == (8, True, 0)
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    assert body["cache_prompt"] is False and "model" not in body  # every prompt computed whole
+    # the answer has exactly max_tokens tokens, each timed
+    assert (result.completion_tokens, result.token_source) == (8, "usage")
+    assert (result.content_chunks, result.reasoning_chunks, len(result.itl_s)) == (8, 0, 7)
+    assert result.prompt_tokens == len(pieces("alpha beta gamma")) + TEMPLATE_TOKENS
+    assert result.input_tokens == len(pieces("alpha beta gamma"))
+    assert result.ttft_s is not None and result.latency_s is not None
+    assert result.ttft_s >= 0.03  # the fake slept that long before the first token
+    assert sum(result.itl_s) <= result.latency_s - result.ttft_s
+    assert sum(result.itl_s) >= 7 * 0.01 * 0.5  # seven sleeps of 10 ms, from below only
+    assert result.tpot_s == pytest.approx((result.latency_s - result.ttft_s) / 7)
+    assert result.model == MODEL
+    assert server.state.authorizations["/v1/chat/completions"] == [None]
+
+
+def test_a_server_that_ignores_ignore_eos_gives_short_answers_and_is_told(
+    server: FakeServer,
+) -> None:
+    server.state.honours_ignore_eos = False  # it stops at its natural end
+    level = run_level(config(server, output_tokens=6), Level(concurrency=1))
+    assert level["output_tokens"]["short"] == 3
+    assert level["output_tokens"]["total"] == 3 * server.state.natural_tokens
+    assert "3 answers had fewer than 6 tokens" in format_report(document_of(level))
+
+
+def test_thinking_counts_as_output_and_starts_ttft(server: FakeServer) -> None:
+    server.state.reasoning_tokens, server.state.answer_delay = 3, 0.05
+    result = send_request(config(server, output_tokens=6), prompt())
+    assert result.ok, result.error
+    assert (result.reasoning_chunks, result.content_chunks) == (3, 3)
+    assert result.completion_tokens == 6
+    assert len(result.itl_s) == 5
+    # TTFT is the first thought; the pause before the answer is one of the gaps
+    assert result.ttft_s is not None and result.latency_s is not None
+    assert max(result.itl_s) >= 0.05
+    assert result.ttft_s <= result.latency_s - 0.05
 
 
 @pytest.mark.parametrize(
-    ("mode", "tokens", "source"), [("usage_only", 6, "usage"), ("no_usage", 4, "chunks")]
+    ("mode", "tokens", "source"), [("usage_only", 6, "usage"), ("no_usage", 6, "timings")]
 )
-def test_token_count_without_timings(
+def test_token_count_without_usage_or_timings(
     server: FakeServer, mode: str, tokens: int, source: str
 ) -> None:
     server.state.mode = mode
-    result = send_request(config(server))
+    result = send_request(config(server), prompt())
     assert (result.ok, result.completion_tokens, result.token_source) == (True, tokens, source)
-
-
-def test_concurrency_runs_n_requests_at_once(server: FakeServer) -> None:
-    server.state.delay = 0.01
-    level = run_level(config(server, requests=8), 4)
-    assert len(level.results) == 8 and all(r.ok for r in level.results)
-    assert server.state.count == 8
-    assert server.state.max_in_flight == 4
-    server.state.reset_counters()
-    level = run_level(config(server, requests=3), 1)
-    assert server.state.count == 3
-    assert server.state.max_in_flight == 1
-
-
-def test_benchmark_warms_up_then_runs_each_level(server: FakeServer) -> None:
-    document = run_benchmark(config(server, concurrency=(1, 3), requests=5))
-    assert server.state.count == 1 + 5 + 5  # the warm-up is sent, not counted
-    assert document["warmup"]["ok"] is True
-    assert [level["requests"] for level in document["levels"]] == [5, 5]
-    assert [level["concurrency"] for level in document["levels"]] == [1, 3]
-    for level in document["levels"]:
-        assert level["failed"] == 0 and level["stopped_by"] == "count"
-        assert level["ttft_s"]["p50"] < level["latency_s"]["p50"]
-        assert level["ttft_s"]["p99"] <= level["latency_s"]["p99"]
-        assert level["completion_tokens"] == 5 * 7
-        assert level["tokens_per_s"]["aggregate"] == pytest.approx(35 / level["wall_s"], rel=0.01)
-        assert level["tokens_per_s"]["server_mean"] == 250.0
-    assert document["model"] == MODEL
-
-
-def test_the_time_limit_stops_a_level(server: FakeServer) -> None:
-    server.state.delay = 0.02  # about 0.1 s per request
-    started = time.monotonic()
-    level = run_level(config(server, requests=1000, time_limit_s=0.25), 2)
-    elapsed = time.monotonic() - started
-    assert level.stopped_by == "time_limit"
-    assert 2 <= len(level.results) < 20
-    assert len(level.results) == server.state.count
-    assert elapsed < 1.0
 
 
 def test_a_stalled_stream_times_out(server: FakeServer) -> None:
     server.state.mode = "stall"
     started = time.monotonic()
-    result = send_request(config(server, timeout_s=0.3))
-    assert time.monotonic() - started < 1.0
+    result = send_request(config(server, timeout_s=0.3), prompt())
+    assert time.monotonic() - started < 4.0  # it ends by itself (the fake would hold 5 s)
     assert (result.ok, result.status, result.error) == (False, 200, "timed out after 0.3 s")
-
-
-def test_api_key_header_and_401_without_it(server: FakeServer) -> None:
-    server.state.key = KEY
-    refused = send_request(config(server))
-    assert (refused.ok, refused.status) == (False, 401)
-    assert refused.error == "HTTP 401 Unauthorized: Invalid API Key (None)"
-    accepted = send_request(config(server, api_key=KEY))
-    assert accepted.ok, accepted.error
-    assert server.state.authorizations == [None, f"Bearer {KEY}"]
-    wrong = send_request(config(server, api_key="sk-wrong-key"))
-    assert wrong.error is not None and "sk-wrong-key" not in wrong.error
-    assert KEY not in repr(config(server, api_key=KEY))
-
-
-def test_failures_are_counted_with_their_reasons(server: FakeServer) -> None:
-    server.state.fail_every = 3
-    summary = summarize_level(run_level(config(server, requests=9), 1))
-    assert (summary["succeeded"], summary["failed"]) == (6, 3)
-    assert summary["errors"] == [
-        {"reason": "HTTP 500 Internal Server Error: slot unavailable", "count": 3}
-    ]
 
 
 @pytest.mark.parametrize(
@@ -441,81 +519,370 @@ def test_failures_are_counted_with_their_reasons(server: FakeServer) -> None:
 )
 def test_malformed_streams_fail(server: FakeServer, mode: str, reason: str) -> None:
     server.state.mode = mode
-    result = send_request(config(server))
+    result = send_request(config(server), prompt())
     assert not result.ok and result.error is not None and reason in result.error
 
 
-def test_connection_refused_fails_every_request() -> None:
-    document = run_benchmark(
-        BenchConfig(f"http://127.0.0.1:{closed_port()}", concurrency=(2,), requests=4)
+def test_a_refused_connection_is_a_failed_request() -> None:
+    cfg = BenchConfig(f"http://127.0.0.1:{closed_port()}")
+    result = send_request(cfg, prompt())
+    assert (result.ok, result.error) == (False, "connection refused")
+
+
+# -- levels ----------------------------------------------------------------------------------------
+
+
+def document_of(*levels: dict[str, Any]) -> dict[str, Any]:
+    """A document around levels, for format_report."""
+    cfg = BenchConfig("http://127.0.0.1:1")
+    return {
+        "schema": SCHEMA,
+        "tool": "llmfleet test",
+        "endpoint": cfg.endpoint,
+        "url": cfg.url,
+        "model": None,
+        "started_at": "2025-01-01T00:00:00+00:00",
+        "settings": cfg.settings(),
+        "warmup": None,
+        "levels": list(levels),
+    }
+
+
+def test_a_level_reports_distributions_and_the_metrics_check(server: FakeServer) -> None:
+    server.state.cached_tokens = 4  # the template's head, as a slot's cache would keep it
+    cfg = config(server, requests=12, output_tokens=5, prompt_cache=True)
+    level = run_level(cfg, Level(concurrency=3))
+    assert (level["name"], level["mode"], level["concurrency"]) == (
+        "concurrency 3",
+        "concurrency",
+        3,
     )
-    level = document["levels"][0]
-    assert (level["requests"], level["failed"]) == (4, 4)
-    assert level["errors"] == [{"reason": "connection refused", "count": 4}]
-    assert document["warmup"]["error"] == "connection refused"
-    assert "connection refused" in format_report(document)
+    assert (level["requests"], level["succeeded"], level["failed"]) == (12, 12, 0)
+    assert server.state.max_in_flight == 3
+    assert level["ttft_s"]["n"] == level["tpot_s"]["n"] == level["e2e_s"]["n"] == 12
+    assert level["itl_s"]["n"] == 12 * 4
+    assert level["ttft_s"]["p90"] is not None and level["ttft_s"]["p99"] is None  # 12 < 100
+    assert level["itl_s"]["p90"] is not None
+    assert level["ttft_s"]["p50"] <= level["e2e_s"]["p50"]
+    assert level["output_tokens"] == {
+        "per_request": 5,
+        "total": 60,
+        "short": 0,
+        "token_source": "usage",
+        "content_chunks": 60,
+        "reasoning_chunks": 0,
+    }
+    assert level["input_tokens"] == {
+        "per_request": 16,
+        "prompt_tokens_mean": 16 + TEMPLATE_TOKENS,
+        "cached_tokens": 12 * 4,
+    }
+    wall = level["wall_s"]
+    assert level["throughput"]["output_tokens_per_s"] == pytest.approx(60 / wall, rel=1e-3)
+    assert level["throughput"]["requests_per_s"] == pytest.approx(12 / wall, rel=1e-3)
+    assert level["goodput"] is None and level["arrival_lag_s"] is None
+    metrics = level["server_metrics"]
+    assert metrics["url"] == server.endpoint + "/metrics"
+    assert metrics["error"] is None and metrics["flagged"] is False
+    assert metrics["prompt_tokens"] == {
+        "client": 12 * (16 + TEMPLATE_TOKENS),
+        "server": 12 * (16 + TEMPLATE_TOKENS),
+        "relative_difference": 0.0,
+        "flagged": False,
+        "basis": "all",
+    }
+    assert (metrics["output_tokens"]["client"], metrics["output_tokens"]["server"]) == (60, 60)
+    # every prompt of the level was distinct and of the asked length
+    contents = [body["messages"][0]["content"] for body in server.state.bodies]
+    assert len(set(contents)) == 12
+    assert all(len(pieces(content)) == 16 for content in contents)
+
+
+def test_the_metrics_check_flags_a_server_that_counted_more(server: FakeServer) -> None:
+    server.state.extra_predicted = 1  # e.g. another client, or a proxy's retry
+    level = run_level(config(server, requests=4, output_tokens=8), Level(concurrency=2))
+    output = level["server_metrics"]["output_tokens"]
+    assert (output["client"], output["server"]) == (32, 36)
+    assert output["relative_difference"] == pytest.approx(-4 / 36, abs=1e-6)  # -11.1 %
+    assert output["flagged"] is True and level["server_metrics"]["flagged"] is True
+    report = format_report(document_of(level))
+    assert re.search(r"concurrency 2\s+output\s+32\s+36\s+-11\.11%\s+FLAGGED", report)
+    assert "token counts differ by more than 1%" in report
+
+
+def test_the_metrics_check_without_the_cached_counter(server: FakeServer) -> None:
+    server.state.metrics, server.state.cached_tokens = "no_cached_counter", 4
+    level = run_level(config(server, requests=3, prompt_cache=True), Level(concurrency=1))
+    prompt_check = level["server_metrics"]["prompt_tokens"]
+    assert prompt_check["basis"] == "processed"
+    assert prompt_check["client"] == prompt_check["server"] == 3 * (16 + TEMPLATE_TOKENS - 4)
+    assert level["server_metrics"]["flagged"] is False
+
+
+def test_metrics_that_cannot_be_read_leave_the_level_measured(server: FakeServer) -> None:
+    server.state.metrics = "off"
+    level = run_level(config(server), Level(concurrency=1))
+    assert level["succeeded"] == 3
+    error = level["server_metrics"]["error"]
+    assert "HTTP 501" in error and "start llama-server with --metrics" in error
+    assert "server metrics not read" in format_report(document_of(level))
+    off = run_level(config(server, read_metrics=False), Level(concurrency=1))
+    assert off["server_metrics"] is None
+
+
+def test_too_few_requests_for_a_percentile_are_said_so(server: FakeServer) -> None:
+    level = run_level(config(server, requests=5, output_tokens=4), Level(concurrency=1))
+    assert level["ttft_s"]["n"] == 5
+    assert level["ttft_s"]["p50"] is not None
+    assert level["ttft_s"]["p90"] is None and level["ttft_s"]["p99"] is None
+    assert level["itl_s"]["n"] == 15 and level["itl_s"]["p90"] is not None
+    report = format_report(document_of(level))
+    assert "n too small for p99" in report and "n too small for p90" in report
+    assert "p99 needs n >= 100" in report
+
+
+def test_a_failing_request_is_counted_as_failed(server: FakeServer) -> None:
+    server.state.fail_every = 3
+    level = run_level(config(server, requests=9), Level(concurrency=1))
+    assert (level["requests"], level["succeeded"], level["failed"]) == (9, 6, 3)
+    assert level["errors"] == [
+        {"reason": "HTTP 500 Internal Server Error: slot unavailable", "count": 3}
+    ]
+    assert level["ttft_s"]["n"] == 6  # only successful requests are measured
+    assert "concurrency 1: 3 failed: HTTP 500" in format_report(document_of(level))
+
+
+def test_summarize_level_keeps_the_first_few_reasons() -> None:
+    results = [RequestResult(ok=False, error=f"reason {n}") for n in range(8)]
+    cfg = BenchConfig("http://127.0.0.1:1")
+    level = summarize_level(LevelRun(Level(concurrency=1), results, 1.0, "count"), cfg)
+    assert len(level["errors"]) == 5 and level["errors_left_out"] == 3
+    assert level["e2e_s"]["n"] == 0 and level["throughput"]["output_tokens_per_s"] == 0
+
+
+def test_an_open_loop_level_sends_at_the_poisson_times(server: FakeServer) -> None:
+    cfg = config(server, requests=10, seed=3)
+    level = Level(rate=40.0)
+    prompts = build_prompts(cfg, 1, 10)
+    run = drive_level(cfg, level, prompts)
+    expected = poisson_arrivals(40.0, 10, "llmfleet-bench:3:rate:40.0")
+    scheduled = sorted(r.scheduled_s for r in run.results if r.scheduled_s is not None)
+    assert scheduled == pytest.approx(expected)
+    assert all(r.started_s is not None and r.scheduled_s is not None for r in run.results)
+    assert all(r.started_s >= r.scheduled_s for r in run.results)  # type: ignore[operator]
+    summary = summarize_level(run, cfg)
+    assert (summary["mode"], summary["rate"], summary["succeeded"]) == ("rate", 40.0, 10)
+    assert summary["arrival_lag_s"]["n"] == 10 and summary["arrival_lag_s"]["max"] >= 0
+
+
+def test_an_open_loop_level_keeps_to_its_max_in_flight(server: FakeServer) -> None:
+    server.state.first_delay = 0.05
+    level = run_level(config(server, requests=8), Level(rate=1000.0, max_in_flight=2))
+    assert level["succeeded"] == 8
+    assert server.state.max_in_flight == 2
+    assert level["max_in_flight"] == 2
+    assert level["arrival_lag_s"]["max"] > 0.05  # requests waited for a free place
+
+
+def test_the_time_limit_stops_a_level(server: FakeServer) -> None:
+    server.state.first_delay = 0.05
+    cfg = config(server, requests=200, time_limit_s=0.3)
+    prompts = [prompt(f"word{n}", n) for n in range(200)]
+    started = time.monotonic()
+    run = drive_level(cfg, Level(concurrency=2), prompts)
+    assert run.stopped_by == "time_limit"
+    assert 2 <= len(run.results) < 200
+    assert len(run.results) == server.state.count
+    assert time.monotonic() - started < 5.0  # it ends by itself
+    rated = drive_level(cfg, Level(rate=5.0), prompts)
+    assert rated.stopped_by == "time_limit" and len(rated.results) < 10
+
+
+def test_goodput_against_objectives(server: FakeServer) -> None:
+    server.state.first_delay = 0.02
+    strict = (Objective("ttft", 0.001),)  # below the fake's own 20 ms: nobody meets it
+    level = run_level(config(server, objectives=strict), Level(concurrency=1))
+    assert level["goodput"]["good"] == 0 and level["goodput"]["requests_per_s"] == 0
+    loose = (Objective("ttft", 60.0), Objective("tpot", 60.0), Objective("e2e", 60.0))
+    server.state.fail_every = 3
+    level = run_level(config(server, objectives=loose), Level(concurrency=1))
+    assert (level["goodput"]["good"], level["goodput"]["sent"]) == (2, 3)
+    assert level["goodput"]["requests_per_s"] == pytest.approx(2 / level["wall_s"], rel=1e-3)
+    assert level["goodput"]["objectives"] == {"ttft": 60.0, "tpot": 60.0, "e2e": 60.0}
+
+
+def test_the_api_key_goes_to_the_endpoints_host_only(server: FakeServer) -> None:
+    server.state.key = KEY
+    refused = send_request(config(server), prompt())
+    assert (refused.ok, refused.status) == (False, 401)
+    assert refused.error == "HTTP 401 Unauthorized: Invalid API Key (None)"
+    level = run_level(config(server, api_key=KEY), Level(concurrency=1))
+    assert level["succeeded"] == 3 and level["server_metrics"]["flagged"] is False
+    seen = server.state.authorizations
+    assert set(seen) == {"/v1/chat/completions", "/tokenize", "/metrics"}
+    assert all(auth == f"Bearer {KEY}" for auth in seen["/tokenize"] + seen["/metrics"])
+    # the same server under another host name: no key for it, so its metrics refuse
+    other = server.endpoint.replace("127.0.0.1", "localhost") + "/metrics"
+    level = run_level(config(server, api_key=KEY, metrics_url=other), Level(concurrency=1))
+    assert "HTTP 401" in level["server_metrics"]["error"]
+    assert KEY not in level["server_metrics"]["error"]
+    wrong = send_request(config(server, api_key="sk-wrong-key"), prompt())
+    assert wrong.error is not None and "sk-wrong-key" not in wrong.error
+    assert KEY not in repr(config(server, api_key=KEY))
+
+
+# -- the whole run ---------------------------------------------------------------------------------
+
+
+def test_benchmark_warms_up_then_runs_each_level_with_its_own_prompts(server: FakeServer) -> None:
+    cfg = config(
+        server,
+        levels=(Level(concurrency=1), Level(concurrency=3), Level(rate=50.0, max_in_flight=4)),
+        requests=5,
+        objectives=(Objective("ttft", 30.0),),
+    )
+    document = run_benchmark(cfg)
+    validate(document)
+    assert document["schema"] == "llmfleet.bench/2"
+    assert server.state.count == 1 + 3 * 5  # the warm-up is sent, not counted
+    assert document["warmup"]["ok"] is True
+    assert [level["name"] for level in document["levels"]] == [
+        "concurrency 1",
+        "concurrency 3",
+        "rate 50/s (max 4)",
+    ]
+    contents = [body["messages"][0]["content"] for body in server.state.bodies]
+    assert len(set(contents)) == 16  # no prompt sent twice in a run
+    for level in document["levels"]:
+        assert level["failed"] == 0 and level["stopped_by"] == "count"
+        assert level["server_metrics"]["flagged"] is False
+        assert level["goodput"]["good"] == 5
+    assert document["model"] == MODEL
+    assert document["settings"]["levels"][2] == {
+        "mode": "rate",
+        "concurrency": None,
+        "rate": 50.0,
+        "max_in_flight": 4,
+    }
+
+
+def test_the_schema_holds_for_failures_and_no_metrics(server: FakeServer) -> None:
+    server.state.fail_every, server.state.metrics = 2, "off"
+    validate(run_benchmark(config(server, warmup=False)))
+    validate(run_benchmark(config(server, read_metrics=False)))
+    server.state.fail_every = 1
+    document = run_benchmark(config(server))
+    validate(document)
+    assert document["warmup"]["ok"] is False
+    assert "warm-up: failed: HTTP 500" in format_report(document)
+    broken = json.loads(json.dumps(document))
+    broken["levels"][0]["failed"] = "none"
+    del broken["levels"][0]["ttft_s"]["p99"]
+    validator = compile_schema(json.loads(SCHEMA_FILE.read_text()))
+    assert [problem.path for problem in check(validator, broken)] == [
+        ("levels", 0, "failed"),
+        ("levels", 0, "ttft_s", "p99"),
+    ]
 
 
 # -- the command line ------------------------------------------------------------------------------
 
 
-def test_cli_prints_a_table_and_writes_json(
+def test_cli_prints_the_tables_and_writes_json(
     server: FakeServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     key_file = tmp_path / "api_key"
     key_file.write_text(KEY + "\n")
     server.state.key = KEY
     out = tmp_path / "results" / "gpu-01.json"
-    argv = [server.endpoint, "--concurrency", "1,2", "--requests", "4", "--max-tokens", "16"]
+    argv = [server.endpoint, "--concurrency", "1,2", "--requests", "4", "--max-tokens", "5"]
+    argv += ["--input-tokens", "24", "--slo", "ttft=60s", "--slo", "tpot=10s", "--seed", "9"]
     code = main(["bench", *argv, "--api-key-file", str(key_file), "--json", str(out)])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert "TTFT p50 ms" in captured.out and MODEL in captured.out
-    assert [line.split()[0] for line in captured.out.splitlines()[-2:]] == ["1", "2"]
+    assert MODEL in captured.out
+    assert "ttft <= 60000 ms, tpot <= 10000 ms" in captured.out
+    assert re.search(r"concurrency 2\s+TTFT ms\s+4\s", captured.out)
+    assert re.search(r"concurrency 1\s+output\s+20\s+20\s+\+0\.00%\s+ok", captured.out)
     document = json.loads(out.read_text())
-    assert set(document) == {
-        "endpoint",
-        "url",
-        "model",
-        "started_at",
-        "settings",
-        "warmup",
-        "levels",
-    }
-    assert document["endpoint"] == server.endpoint
-    assert document["model"] == MODEL
-    assert document["settings"]["concurrency"] == [1, 2]
-    assert document["settings"]["max_tokens"] == 16
+    validate(document)
+    assert document["settings"]["output_tokens"] == 5
+    assert document["settings"]["input_tokens"] == 24
+    assert document["settings"]["seed"] == 9
     assert document["settings"]["api_key"] is True
-    level = document["levels"][1]
-    assert set(level) >= {
-        "concurrency", "requests", "succeeded", "failed", "latency_s", "ttft_s",
-        "tokens_per_s", "requests_per_s", "errors", "wall_s", "stopped_by",
-    }  # fmt: skip
-    assert set(level["latency_s"]) >= {"p50", "p99"} and set(level["ttft_s"]) >= {"p50", "p99"}
-    assert set(level["tokens_per_s"]) >= {"mean", "aggregate"}
-    assert all(auth == f"Bearer {KEY}" for auth in server.state.authorizations)
+    assert [level["succeeded"] for level in document["levels"]] == [4, 4]
+    assert [level["failed"] for level in document["levels"]] == [0, 0]
+    assert all(level["goodput"]["good"] == 4 for level in document["levels"])
+    assert all(
+        auth == f"Bearer {KEY}" for auths in server.state.authorizations.values() for auth in auths
+    )
     assert KEY not in captured.out + captured.err + out.read_text()
+
+
+def test_cli_rate_levels_and_the_metrics_url(
+    server: FakeServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["bench", server.endpoint, "--rate", "100", "--max-in-flight", "2", "--requests", "3"]
+    argv += [
+        "--metrics-url",
+        server.endpoint + "/metrics",
+        "--no-warmup",
+        "-q",
+        "--prompt-cache",
+        "--input-tokens",
+        "8",
+        "--output-tokens",
+        "3",
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "rate 100/s (max 2)" in out and "concurrency" not in out
+    assert all("cache_prompt" not in body for body in server.state.bodies)
+    assert server.state.count == 3
 
 
 def test_cli_fails_when_every_request_of_a_level_fails(
     server: FakeServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     server.state.key = KEY
+    small = ["bench", server.endpoint, "--input-tokens", "8", "--output-tokens", "3"]
     monkeypatch.setenv("LLMFLEET_API_KEY", "sk-env-wrong-0000")
-    code = main(["bench", server.endpoint, "--concurrency", "1", "--requests", "2", "-q"])
+    code = main([*small, "--concurrency", "1", "--requests", "2", "-q"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "/tokenize: HTTP 401 Unauthorized" in captured.err
+    assert "sk-env-wrong-0000" not in captured.out + captured.err
+    monkeypatch.setenv("LLMFLEET_API_KEY", KEY)
+    server.state.fail_every = 1
+    code = main([*small, "--concurrency", "1", "--requests", "2", "-q"])
     captured = capsys.readouterr()
     assert code == 1
     assert "every request failed at concurrency 1" in captured.err
-    assert "2 failed: HTTP 401" in captured.out
-    assert "sk-env-wrong-0000" not in captured.out + captured.err
-    monkeypatch.setenv("LLMFLEET_API_KEY", KEY)
-    assert main(["bench", server.endpoint, "--concurrency", "1", "--requests", "2", "-q"]) == 0
+    assert "2 failed: HTTP 500" in captured.out
+    server.state.fail_every = 0
+    assert main([*small, "--concurrency", "1", "--requests", "2", "-q"]) == 0
 
 
 def test_cli_rejects_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["bench", "http://127.0.0.1:9", "--concurrency", "0"]) == 2
-    assert main(["bench", "http://127.0.0.1:9", "--requests", "0"]) == 2
+    endpoint = "http://127.0.0.1:9"
+    for extra in (
+        ["--concurrency", "0"],
+        ["--requests", "0"],
+        ["--input-tokens", "0"],
+        ["--output-tokens", "0"],
+        ["--rate", "0"],
+        ["--max-in-flight", "2"],
+        ["--slo", "ttft=soon"],
+        ["--timeout", "0"],
+        ["--metrics-url", "ftp://h/metrics"],
+    ):
+        assert main(["bench", endpoint, *extra]) == 2, extra
+    assert main(["bench", endpoint, "--prompt", "Hello"]) == 2
+    assert "--prompt is gone" in capsys.readouterr().err
     missing = tmp_path / "no-such-key"
-    assert main(["bench", "http://127.0.0.1:9", "--api-key-file", str(missing)]) == 2
+    assert main(["bench", endpoint, "--api-key-file", str(missing)]) == 2
     assert "cannot read the API key file" in capsys.readouterr().err
+
+
+def test_the_defaults_can_say_p99() -> None:
+    assert bench.DEFAULT_REQUESTS >= 100
