@@ -71,9 +71,9 @@ def sha256(path: Path) -> str:
 
 def assert_nvidia_smi_double(host) -> None:
     """The prepare step's nvidia-smi double is on the host exactly when the inventory gives
-    it a capture (llmfleet_test_capture), and replays that capture: the simulated GPU every
+    it a capture (test_capture), and replays that capture: the simulated GPU every
     later check rests on."""
-    capture = variables(host).get("llmfleet_test_capture")
+    capture = variables(host).get("test_capture")
     double = host.file(NVIDIA_SMI_DOUBLE)
     if not capture:
         assert not double.exists, f"{NVIDIA_SMI_DOUBLE} is there, with no capture to replay"

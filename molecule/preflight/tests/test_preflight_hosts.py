@@ -90,6 +90,6 @@ def test_no_llmfleet_unit_or_user(host) -> None:
 
 def test_the_nvidia_smi_double_is_exactly_on_the_hosts_with_a_capture(host) -> None:
     assert_nvidia_smi_double(host)
-    if not host.ansible.get_variables().get("llmfleet_test_capture"):
+    if not host.ansible.get_variables().get("test_capture"):
         # Like a host with no driver: no nvidia-smi at all.
         assert not host.exists("nvidia-smi")

@@ -1,6 +1,6 @@
 """The fake PCI sysfs tree of the host whose GPU has no driver yet (pf-nodriver): test
 material from the prepare step, which the PCI facts verify.yml checks are read from. Each
-device of the inventory's llmfleet_test_sysfs_devices is a folder under
+device of the inventory's test_sysfs_devices is a folder under
 preflight_sysfs_root, with exactly the attributes the inventory gives it."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ PCI_ATTRIBUTES = [
 
 def test_the_fake_pci_tree_holds_the_inventorys_devices(host) -> None:
     hostvars = host.ansible.get_variables()
-    devices = hostvars["llmfleet_test_sysfs_devices"]
+    devices = hostvars["test_sysfs_devices"]
     assert devices, "pf-nodriver has no fake PCI devices in the inventory"
     root = hostvars["preflight_sysfs_root"]
     assert root != "/sys"  # a fake tree, never the host's own
