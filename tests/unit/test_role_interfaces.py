@@ -55,7 +55,9 @@ def test_every_stated_default_is_the_defaults_value(role: str) -> None:
                 wrong.append(
                     f"{entry}.{name}: spec {option['default']!r}, defaults {values.get(name)!r}"
                 )
-            if "default" not in option and name in values:
+            if option.get("required") and "default" in option:
+                wrong.append(f"{entry}.{name}: required and default: Ansible refuses both")
+            if "default" not in option and name in values and not option.get("required"):
                 wrong.append(f"{entry}.{name}: no default: in the spec (defaults/main.yml has one)")
     assert wrong == []
 
