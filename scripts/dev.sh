@@ -90,6 +90,12 @@ run_local() {
   prepare
   say "the CI bundle (scripts/ci-bundle.sh: built once, then reused)"
   scripts/ci-bundle.sh >/dev/null
+  # The local service asks for an API key like every site's: a random one, made
+  # once and kept (mode 0600) beside the bundle; inventories/local reads it.
+  if [[ ! -s $LLMFLEET_CACHE/local-api-key ]]; then
+    (umask 077 && "$venv/bin/python" -c 'import secrets; print(secrets.token_urlsafe(32))' \
+      >"$LLMFLEET_CACHE/local-api-key")
+  fi
   local network=llmfleet-local mirror=llmfleet-mirror host=llmfleet-local
   say "starting the disposable containers $mirror and $host on the internal network $network"
   docker rm -f "$mirror" "$host" >/dev/null 2>&1 || true
@@ -120,13 +126,16 @@ run_local() {
   docker exec -i "$host" python3 - <<'PY'
 import json, time, urllib.request
 base = "http://127.0.0.1:8080"
+# A client sends the API key as a bearer token; here it is read from the host's key file.
+key = open("/etc/llmfleet/api-key").read().strip()
 with urllib.request.urlopen(base + "/health", timeout=10) as response:
     print(f"endpoint  {base} (on llmfleet-local)")
     print(f"/health   {response.status} {response.read().decode().strip()}")
 body = {"messages": [{"role": "user", "content": "Name one planet of the solar system."}],
         "max_tokens": 32, "temperature": 0}
 request = urllib.request.Request(base + "/v1/chat/completions", data=json.dumps(body).encode(),
-                                  headers={"Content-Type": "application/json"})
+                                  headers={"Content-Type": "application/json",
+                                           "Authorization": f"Bearer {key}"})
 start = time.monotonic()
 with urllib.request.urlopen(request, timeout=120) as response:
     answer = json.load(response)
