@@ -30,6 +30,14 @@ same recorded series with one label matcher, never rewritten PromQL::
 
 Every problem found in the rules and overrides is reported at once, naming the rule
 and what is allowed. Pure functions; tests in tests/unit/test_alert_rules.py.
+
+A rule's own `expr` is parsed at render time with `promql-parser` (a PyPI wheel of the Rust
+PromQL parser; one of llmfleet's dependencies on the control node), so PromQL that does not
+parse fails here, naming the rule, and not on the monitoring host after the other roles ran.
+It follows Prometheus 3's grammar; Debian 12's Prometheus (2.42) spells
+`double_exponential_smoothing` `holt_winters`, which is read as the same function. What a
+parser cannot know (an experimental function Prometheus 2.42 lacks) is still caught by
+`promtool check rules` when the monitoring role writes the file.
 """
 
 from __future__ import annotations
@@ -113,6 +121,13 @@ _NON_FINITE = re.compile(
 )
 _DURATION_PART = re.compile(r"\s*(?P<num>[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>[A-Za-zµ]+)\s*")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+#: The longest own expr taken, and its deepest nesting of ( [ {: the parser recurses per
+#: level and per operator, and a stack overflow there ends the whole ansible-playbook
+#: process (a chain of 5000 operators does). A real rule's expr is a few hundred characters.
+MAX_EXPR_CHARS = 2000
+MAX_EXPR_DEPTH = 32
+#: Prometheus 2.x's name of a function Prometheus 3 (and so the parser) calls otherwise.
+_RENAMED_FUNCTIONS = {"holt_winters": "double_exponential_smoothing"}
 
 
 class RuleError(ValueError):
@@ -301,6 +316,63 @@ def expr_comparison(expr: str) -> str | None:
     return found.group() if found else None
 
 
+def _expr_depth(bare: str) -> int:
+    """The deepest nesting of ( [ { in an expr whose strings are blanked."""
+    depth = deepest = 0
+    for char in bare:
+        if char in "([{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in ")]}":
+            depth -= 1
+    return deepest
+
+
+def expr_parse_problem(expr: str) -> str | None:
+    """Why a rule's own expr is not a PromQL instant-vector or scalar expression, or None.
+
+    Parsed with promql-parser (see the module docstring); an expr longer than
+    MAX_EXPR_CHARS or nested deeper than MAX_EXPR_DEPTH is refused before the parser sees it.
+    """
+    if len(expr) > MAX_EXPR_CHARS:
+        return f"expr is {len(expr)} characters long; at most {MAX_EXPR_CHARS} are taken"
+    depth = _expr_depth(_EXPR_STRING.sub('""', expr))
+    if depth > MAX_EXPR_DEPTH:
+        return f"expr nests brackets {depth} deep; at most {MAX_EXPR_DEPTH} are taken"
+    try:
+        import promql_parser
+    except ImportError:
+        return (
+            "expr cannot be checked: the Python package promql-parser is not installed next "
+            "to Ansible on the control node (it is one of llmfleet's dependencies: "
+            "pip install llmfleet, or promql-parser from the wheels carried in)"
+        )
+    renamed = re.sub(
+        r"\b(" + "|".join(_RENAMED_FUNCTIONS) + r")(\s*\()",
+        lambda found: _RENAMED_FUNCTIONS[found[1]] + found[2],
+        expr,
+    )
+    try:
+        parsed = promql_parser.parse(renamed)
+    except Exception as exc:  # the parser raises ValueError with its reason
+        reason = str(exc).strip() or type(exc).__name__
+        return f"expr {expr!r} does not parse as PromQL: {reason}"
+    while isinstance(parsed, promql_parser.ParenExpr):
+        parsed = parsed.expr
+    kinds = {
+        promql_parser.MatrixSelector: "a range vector",
+        promql_parser.SubqueryExpr: "a range vector (a subquery)",
+        promql_parser.StringLiteral: "a string",
+    }
+    for kind, text in kinds.items():
+        if isinstance(parsed, kind):
+            return (
+                f"expr {expr!r} is {text}; a rule records an instant vector or a number "
+                "(e.g. rate(x[5m]), not x[5m])"
+            )
+    return None
+
+
 def instance_matcher(hosts: Iterable[str], negate: bool = False) -> str:
     """`instance=~"a|b"` (or `!~`) for host names, regex metacharacters escaped."""
     escaped = sorted(re.sub(r"([.^$*+?()\[\]{}|\\])", r"\\\1", host) for host in hosts)
@@ -364,8 +436,11 @@ def normalize_rule(rule: Any, catalog: Mapping[str, Any]) -> tuple[dict[str, Any
         if not isinstance(expr, str) or not expr.strip():
             problems.append("expr must be a PromQL expression (a string)")
             return {}, problems
-        comparison = expr_comparison(expr)
-        if comparison:
+        parse_problem = expr_parse_problem(expr.strip())
+        comparison = None if parse_problem else expr_comparison(expr)
+        if parse_problem:
+            problems.append(parse_problem)
+        elif comparison:
             problems.append(
                 f"expr holds the comparison {comparison}; write only the value there, "
                 "the threshold brings the comparison (e.g. threshold: '< 10%')"

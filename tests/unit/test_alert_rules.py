@@ -334,6 +334,61 @@ def test_an_expr_must_not_hold_the_comparison() -> None:
     assert "expr holds the comparison >; write only the value there" in message
 
 
+def test_an_expr_that_does_not_parse_fails_at_render_time_naming_the_rule() -> None:
+    message = problems_of(
+        [
+            rule(metric="hot", expr="max by (instance) (DCGM_FI_DEV_GPU_TEMP", threshold=1),
+            rule(metric="slow", expr="rate(x)", threshold="2s", duration="soon"),
+        ]
+    )
+    assert message.startswith("llmfleet_alert_rules has 3 problem(s):")
+    assert (
+        "rule 1 (hot): expr 'max by (instance) (DCGM_FI_DEV_GPU_TEMP' does not parse as PromQL: "
+        "unclosed left parenthesis"
+    ) in message
+    assert "rule 2 (slow): expr 'rate(x)' does not parse as PromQL: expected type matrix" in message
+    assert "rule 2 (slow): duration 'soon'" in message, "the other problems are listed too"
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        'max by (instance) (DCGM_FI_DEV_GPU_TEMP{job="node"})',
+        "sum by (instance) (rate(llamacpp:tokens_predicted_total[5m]))",
+        "holt_winters(node_load1[1h], 0.5, 0.5)",
+        "histogram_quantile(0.99, sum by (le, instance) (rate(x_bucket[5m])))",
+        "a / on (instance) group_left (gpu) b",
+        "llmfleet:oom_errors:rate1m > bool 0",
+        "max_over_time(up[1h:5m])",
+        "(up)",
+        "1",
+    ],
+)
+def test_an_expr_that_parses_is_taken(expr: str) -> None:
+    assert alerts.expr_parse_problem(expr) is None
+
+
+@pytest.mark.parametrize(
+    ("expr", "message"),
+    [
+        ("up[5m]", "is a range vector; a rule records an instant vector or a number"),
+        ("(up[5m:1m])", "is a range vector (a subquery)"),
+        ('"text"', "is a string"),
+        ("x" * 2001, "expr is 2001 characters long; at most 2000 are taken"),
+        ("(" * 40 + "x" + ")" * 40, "expr nests brackets 40 deep; at most 32 are taken"),
+    ],
+)
+def test_an_expr_that_records_no_instant_value_or_is_too_big_is_refused(
+    expr: str, message: str
+) -> None:
+    assert message in (alerts.expr_parse_problem(expr) or "")
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
+    expr = 'label_replace(up, "dst", "' + "(" * 100 + '", "src", "(.*)")'
+    assert alerts.expr_parse_problem(expr) is None
+
+
 @pytest.mark.parametrize(
     ("expr", "comparison"),
     [
