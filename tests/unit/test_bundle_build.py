@@ -416,6 +416,21 @@ def test_verify_pins_the_key_when_asked(files_bundle: Path) -> None:
     assert "is not the pinned key" in problems[0].message
 
 
+def test_verify_pins_the_keyring_sha256_naming_both_checksums(
+    files_bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What the mirror runs: the sha256 inventories pin as llmfleet_bundle_key_sha256."""
+    key_sha = sha((files_bundle / "keys/llmfleet-bundle.gpg").read_bytes())
+    assert main(["bundle", "verify", str(files_bundle), "--key-sha256", key_sha.upper()]) == 0
+    capsys.readouterr()
+    pinned = "b" * 64
+    assert main(["bundle", "verify", str(files_bundle), "--key-sha256", pinned]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        f"keys/llmfleet-bundle.gpg  expected {pinned} (pinned by --key-sha256)  actual {key_sha}"
+    ]
+
+
 def test_verify_without_a_manifest(tmp_path: Path) -> None:
     assert problem_lines(tmp_path) == ["manifest.json  missing"]
 
