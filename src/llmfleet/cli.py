@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -60,6 +61,15 @@ def cmd_bundle_build(args: argparse.Namespace) -> int:
     return 0
 
 
+#: What `bundle verify` takes as a pinned key: a sha256 of the keyring file, a fingerprint.
+KEY_SHA256_RE = re.compile(r"[0-9A-Fa-f]{64}")
+FINGERPRINT_RE = re.compile(r"(?:[0-9A-Fa-f]\s*){40}")
+PIN_FORMS = {
+    "--key-sha256": "a sha256 (64 hex digits) of keys/llmfleet-bundle.gpg",
+    "--fingerprint": "a full key fingerprint (40 hex digits)",
+}
+
+
 def cmd_bundle_verify(args: argparse.Namespace) -> int:
     from llmfleet.bundle.signing import SigningError
     from llmfleet.bundle.verify import verify_bundle
@@ -68,8 +78,17 @@ def cmd_bundle_verify(args: argparse.Namespace) -> int:
     if not bundle.is_dir():
         print(f"{bundle} is not a folder", file=sys.stderr)
         return 2
+    for flag, value, pattern in (
+        ("--key-sha256", args.key_sha256, KEY_SHA256_RE),
+        ("--fingerprint", args.fingerprint, FINGERPRINT_RE),
+    ):
+        if value is not None and not pattern.fullmatch(value.strip()):
+            print(f"bundle verify: {flag} {value!r} is not {PIN_FORMS[flag]}", file=sys.stderr)
+            return 2
     try:
-        problems, summary = verify_bundle(bundle, fingerprint=args.fingerprint)
+        problems, summary = verify_bundle(
+            bundle, fingerprint=args.fingerprint, key_sha256=args.key_sha256
+        )
     except SigningError as exc:
         print(f"bundle verify failed: {exc}", file=sys.stderr)
         return 2
@@ -260,6 +279,12 @@ def add_bundle_parser(commands: argparse._SubParsersAction) -> None:  # type: ig
         "--fingerprint",
         metavar="FPR",
         help="also require the bundle key to be this one (its full fingerprint)",
+    )
+    verify.add_argument(
+        "--key-sha256",
+        metavar="HEX",
+        help="also require keys/llmfleet-bundle.gpg to have this sha256 (what inventories "
+        "pin as llmfleet_bundle_key_sha256); a mismatch names both checksums",
     )
     verify.set_defaults(func=cmd_bundle_verify)
 
