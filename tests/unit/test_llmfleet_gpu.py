@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -596,3 +597,97 @@ def test_merge_compute_caps_fills_only_missing_values() -> None:
     }
     g.merge_compute_caps(smi, {"0000:01:00.0": "8.6", "0000:02:00.0": "9.9"})
     assert [gpu["compute_capability"] for gpu in smi["gpus"]] == ["8.6", "8.0", None]
+
+
+# ---------------------------------------------------------------------------
+# Bad inputs at the level of the pure functions (the module-level cases are in
+# test_gpu_facts_bad_inputs.py)
+# ---------------------------------------------------------------------------
+
+
+def test_read_regular_file(tmp_path: Path) -> None:
+    regular = tmp_path / "vendor"
+    regular.write_text(" 0x10de \n")
+    assert g.read_regular_file(str(regular)) == "0x10de"
+    assert g.read_regular_file(str(tmp_path / "absent")) is None
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(g.UnreadableFile, match=r"fifo is not a regular file \(a FIFO\)"):
+        g.read_regular_file(str(fifo))
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * 4097)
+    with pytest.raises(g.UnreadableFile, match="larger than 4096 bytes"):
+        g.read_regular_file(str(big))
+    assert g.read_regular_file(str(big), limit=8192) == "x" * 4097
+    assert g.read_small_file(str(fifo)) is None  # the lenient reader never blocks either
+
+
+@pytest.mark.parametrize(
+    ("parse", "text", "expected"),
+    [
+        (g.plausible_mib, "16777216 MiB", 16 * 1024 * 1024),
+        (g.plausible_mib, "16777217 MiB", None),
+        (g.plausible_mib, "16 TiB", 16 * 1024 * 1024),
+        (g.plausible_mib, "0 MiB", None),
+        (g.plausible_pcie_gen, "6", 6),
+        (g.plausible_pcie_gen, "7", None),
+        (g.plausible_pcie_gen, "0", None),
+        (g.plausible_link_width, "12x", 12),
+        (g.plausible_link_width, "3x", None),
+        (g.plausible_link_width, "64x", None),
+        (g.plausible_gpu_count, "0", 0),
+        (g.plausible_gpu_count, "1025", None),
+        (g.parse_compute_capability, "12.0", "12.0"),
+        (g.parse_compute_capability, "100.0", None),
+        (g.parse_compute_capability, "8.10", None),
+    ],
+)
+def test_plausibility_bounds(parse: Any, text: str, expected: Any) -> None:
+    assert parse(text) == expected
+
+
+def test_checked_value_names_field_and_value() -> None:
+    problems: list[str] = []
+    assert g.checked_value(problems, "here", "f", "N/A", g.plausible_mib, "x") is None
+    assert problems == []  # not a value: quietly null
+    assert g.checked_value(problems, "here", "f", "-3 MiB", g.plausible_mib, "a size") is None
+    assert problems == ["here: f '-3 MiB' is not a size"]
+
+
+def test_decide_tier_undecided_with_any_problem() -> None:
+    assert g.decide_tier("nvidia-smi", 81920, g.DEFAULT_TIERS, ["x"]) is None
+    assert g.decide_tier("none", 0, g.DEFAULT_TIERS, ["x"]) is None
+    assert g.decide_tier("none", 0, g.DEFAULT_TIERS, []) == "cpu"
+
+
+def test_validate_tiers_rejects_thresholds_that_tie_in_mib() -> None:
+    # Different in GiB, the same once 90 % of it is rounded up to a MiB.
+    with pytest.raises(ValueError, match=r"tiers\[1\].*both need 14746 MiB"):
+        g.validate_tiers([{"name": "a", "vram_gib": 16}, {"name": "b", "vram_gib": 16.0001}])
+    assert g.validate_tiers([{"name": "a", "vram_gib": g.MAX_TIER_VRAM_GIB}])
+    with pytest.raises(ValueError, match=r"tiers\[0\].*vram_gib"):
+        g.validate_tiers([{"name": "a", "vram_gib": g.MAX_TIER_VRAM_GIB + 1}])
+
+
+def test_parse_compute_caps_csv_conflicting_lines() -> None:
+    problems: list[str] = []
+    output = "00000000:01:00.0, 8.6\n00000000:01:00.0, 8.6\n00000000:02:00.0, 8.0\n"
+    output += "00000000:02:00.0, 9.0\n00000000:03:00.0, 999.0\n"
+    assert g.parse_compute_caps_csv(output, problems) == {"0000:01:00.0": "8.6"}
+    assert len(problems) == 2
+    assert "line 4: pci.bus_id 0000:02:00.0 is listed again" in problems[0]
+    assert "line 5: compute_cap '999.0' is not a compute capability" in problems[1]
+
+
+def test_inline_dtd_without_entities_is_still_read() -> None:
+    data = (
+        '<?xml version="1.0"?><!DOCTYPE nvidia_smi_log [<!ELEMENT nvidia_smi_log ANY>'
+        '<!ATTLIST gpu id CDATA "">]>' + _doc(MINIMAL_GPU.format(mig="", total="2048 MiB"))
+    )
+    assert g.parse_nvidia_smi_xml(data)["gpus"][0]["memory_total_mib"] == 2048
+    assert g.parse_nvidia_smi_xml(data)["problems"] == []
+
+
+def test_text_that_cannot_be_utf8_is_a_reason_not_a_traceback() -> None:
+    with pytest.raises(ValueError, match="not text"):
+        g.parse_nvidia_smi_xml("<nvidia_smi_log>\ud800</nvidia_smi_log>")

@@ -76,7 +76,9 @@ def _facts(path: Path) -> tuple[dict[str, Any], str | None]:
         cpu_cores=None,
         numa_nodes=None,
     )
-    tier = g.decide_tier(hardware["source"], hardware["usable_vram_mib"], g.DEFAULT_TIERS)
+    tier = g.decide_tier(
+        hardware["source"], hardware["usable_vram_mib"], g.DEFAULT_TIERS, hardware["problems"]
+    )
     return hardware, tier
 
 
@@ -89,11 +91,24 @@ def test_capture_invariants(path: Path) -> None:
     hardware, tier = _facts(path)
 
     assert hardware["source"] == "nvidia-smi"
-    assert hardware["gpu_count"] == len(hardware["gpus"]) == _gpu_elements(path.read_bytes())
+    problems = hardware["problems"]
+    assert all(
+        isinstance(problem, str) and problem.startswith("nvidia-smi") for problem in problems
+    )
+    # A <gpu> repeating a bus id is counted once, and said so.
+    repeats = sum("repeats <gpu>" in problem for problem in problems)
+    assert hardware["gpu_count"] == len(hardware["gpus"])
+    assert hardware["gpu_count"] + repeats == _gpu_elements(path.read_bytes())
+    # Every bad input is a reason and undecides the tier; every unknown VRAM has a reason.
+    if problems:
+        assert tier is None, problems
+    if hardware["usable_vram_mib"] is None:
+        assert problems, "usable VRAM unknown without a reason"
     assert [gpu["index"] for gpu in hardware["gpus"]] == list(range(hardware["gpu_count"]))
     for gpu in hardware["gpus"]:
         memory = gpu["memory_total_mib"]
         assert memory is None or (isinstance(memory, int) and memory > 0), gpu
+        assert memory is None or memory <= g.MAX_GPU_VRAM_MIB, gpu
         # Never a MIG slice: the whole card is larger than any of its instances.
         if memory is not None and gpu["mig_instances_mib"]:
             assert memory > max(gpu["mig_instances_mib"]), gpu
@@ -103,6 +118,8 @@ def test_capture_invariants(path: Path) -> None:
             assert gpu[key] is None or (isinstance(gpu[key], int) and gpu[key] > 0), (key, gpu)
         for key in ("pcie_gen_max", "pcie_gen_current", "pcie_gen_max_device"):
             assert gpu[key] is None or gpu[key] <= 6, (key, gpu)
+        for key in ("pcie_width_max", "pcie_width_current"):
+            assert gpu[key] is None or gpu[key] in g.PCIE_LINK_WIDTHS, (key, gpu)
     assert tier in ALLOWED_TIERS
     for text in _strings(hardware):
         assert text.casefold() not in JUNK, text
@@ -210,3 +227,14 @@ def test_document_without_memory_leaves_tier_undecided() -> None:
     assert hardware["gpus"][0]["memory_total_mib"] is None
     assert hardware["usable_vram_mib"] is None
     assert tier is None
+    assert hardware["problems"] == [
+        "nvidia-smi <gpu> 0 (0000:01:00.0): fb_memory_usage/total is not reported; "
+        "its usable VRAM is unknown"
+    ]
+
+
+def test_no_capture_has_a_problem_but_the_one_without_memory() -> None:
+    # The sweep's guard against a regression: the tightened checks must not reject
+    # real documents. Only the driver-580 capture (no memory block) has a reason.
+    with_problems = {path.name for path in CAPTURES if _facts(path)[0]["problems"]}
+    assert with_problems <= {"rtx-pro-6000-driver-580.xml"}
