@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import selectors
 import shlex
 import signal
 import subprocess
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -52,6 +54,15 @@ description:
     90%; usable VRAM is the sum over the GPUs, a GPU in MIG mode counting with its largest MIG
     instance. C(cpu) when the host has no GPU.
   - Values that cannot be read are null, never guessed.
+  - Every bad input is answered with a reason, never a guess and never a hang. A value that is
+    present but unusable (a number outside physical bounds, such as more than 16 TiB of memory on
+    one GPU; a GPU listed twice under one bus id; a sysfs file that is not a regular file or
+    cannot be read; nvidia-smi hanging, flooding its output, or exiting 0 with something that is
+    not a document) is null, and a sentence naming the input is added to
+    C(llmfleet_hardware.problems). The tier is null (undecided) whenever that list is not empty.
+  - sysfs and procfs files are opened only when they are regular files, non-blocking and with a
+    size bound, so a FIFO or a device node cannot hang the module. The XML document is parsed with
+    every entity declaration refused and nothing external resolved.
   - Never changes anything on the host.
 version_added: "0.1.0"
 author:
@@ -80,7 +91,9 @@ options:
       - The tier table, in any order. Each entry has a C(name) and a C(vram_gib) (the VRAM class
         in GiB); other keys (a model name, say) are allowed and ignored.
       - Names must be unique, non-empty and not C(cpu) (the fallback tier); C(vram_gib) must be a
-        positive number, unique across entries.
+        positive, finite number of GiB no larger than 17179869184 (1024 GPUs of 16 TiB), and sorted
+        by class the thresholds in MiB (90 % of each class, rounded up) must strictly increase, so
+        no two entries tie. A bad table fails the module with a message naming the entry and field.
     type: list
     elements: dict
     default:
@@ -90,8 +103,10 @@ options:
       - {name: enterprise, vram_gib: 32}
   timeout:
     description:
-      - Seconds nvidia-smi may run. When it runs longer it is killed (with anything it started)
-        and the facts come from sysfs; a hung nvidia-smi never hangs the play.
+      - Seconds each nvidia-smi call may run, from 1 to 3600. When it runs longer (or prints more
+        than 32 MiB) it is killed with everything it started (its process group, and any process
+        descended from it or holding its output), the facts come from sysfs, and the tier is
+        undecided; a hung nvidia-smi never hangs the play.
     type: int
     default: 30
 attributes:
@@ -136,8 +151,8 @@ EXAMPLES = r"""
 
 RETURN = r"""
 nvidia_smi_error:
-  description: Why nvidia-smi gave no facts (missing, exit status, timeout, unparsable output);
-    null when it answered.
+  description: Why nvidia-smi gave no facts (missing, exit status, timeout, too much output,
+    unparsable output); null when it answered.
   returned: always
   type: str
   sample: "/usr/bin/nvidia-smi exited with status 9: NVIDIA-SMI has failed because it couldn't
@@ -156,7 +171,7 @@ ansible_facts:
     llmfleet_tier:
       description: C(base), C(standard), C(pro), C(enterprise) (or the names in O(tiers)), C(cpu)
         when the host has no usable GPU, null while undecided (GPUs seen on PCI but no driver
-        answering, or some GPU's memory unknown).
+        answering, some GPU's memory unknown, or any entry in C(llmfleet_hardware.problems)).
       returned: always
       type: str
       sample: pro
@@ -186,7 +201,8 @@ ansible_facts:
             C(gpu_count). Null outside the nvidia-smi source.
           type: int
         gpu_count:
-          description: Number of GPUs listed (C(<gpu>) elements, or sysfs devices).
+          description: Number of GPUs listed (C(<gpu>) elements, or sysfs devices); a bus id listed
+            twice counts once.
           type: int
           sample: 1
         gpus:
@@ -268,32 +284,67 @@ ansible_facts:
           description: NUMA nodes; null when sysfs has none.
           type: int
         nvswitch_count:
-          description: NVIDIA NVSwitch PCI devices (HGX boards); null when sysfs is unreadable.
+          description: NVIDIA NVSwitch PCI devices (HGX boards); null when sysfs is unreadable, or
+            some PCI device's vendor or class cannot be read.
           type: int
+        problems:
+          description:
+            - Why the hardware could not be read completely, one sentence per bad input, each
+              naming it (the sysfs or procfs path, or the nvidia-smi element and field); empty when
+              everything was read. While it is not empty C(llmfleet_tier) is null.
+            - A missing nvidia-smi or one that exits non-zero (no driver yet) is not a problem; it
+              is reported in C(nvidia_smi_error) and the facts come from sysfs.
+          type: list
+          elements: str
+          sample:
+            - "sysfs /sys/bus/pci/devices/0000:17:00.0/vendor is not a regular file (a FIFO)"
+            - "nvidia-smi <gpu> 0 (0000:01:00.0): fb_memory_usage/total '100000000000000000000 MiB'
+              is not a memory size from 1 MiB to 16 TiB (16777216 MiB)"
+            - "nvidia-smi <gpu> 1: pci_bus_id 0000:01:00.0 repeats <gpu> 0; counted once"
+            - "nvidia-smi -q -x: /usr/bin/nvidia-smi did not finish within 30 s"
 """
 
-#: Seconds a killed nvidia-smi gets to go away before it is left behind (a process
-#: stuck in the kernel, state D, cannot be reaped and must not block the module).
+#: Seconds a killed nvidia-smi (and whatever it left) gets to go away before it is
+#: abandoned: a process stuck in the kernel (state D) cannot be reaped and must not
+#: block the module.
 KILL_GRACE_S = 5.0
+#: Most bytes nvidia-smi may print on one stream. A ``-q -x`` document is about
+#: 10 KiB per GPU (60 KiB with MIG), so 32 MiB is hundreds of times the largest
+#: host's; a program that prints more is flooding, and is killed.
+MAX_OUTPUT_BYTES = 32 * 1024 * 1024
+#: Most seconds the ``timeout`` option may ask for: nvidia-smi answers in seconds,
+#: and a longer wait is a hang by another name.
+MAX_TIMEOUT_S = 3600
+#: How often the child's exit is polled where ``pidfd_open`` is unavailable.
+_POLL_S = 0.05
 
 
 class RunResult(NamedTuple):
     rc: int | None
     stdout: bytes
     stderr: bytes
-    error: str | None  # why there is no exit status: timeout, cannot execute
+    error: str | None  # why there is no exit status: timeout, too much output, cannot execute
+    killed: bool = False  # it was killed (timeout, too much output): it hung, not "no driver"
 
 
-def run_program(argv: Sequence[str], timeout: float) -> RunResult:
-    """Run ``argv`` under LC_ALL=C with a hard time limit.
+def run_program(
+    argv: Sequence[str], timeout: float, max_output: int = MAX_OUTPUT_BYTES
+) -> RunResult:
+    """Run ``argv`` under LC_ALL=C with a hard time limit; leave nothing running.
 
     Not AnsibleModule.run_command: in ansible-core 2.19 it has no time limit, and
     its read loop only returns once the child has exited. The classic nvidia-smi
     hang (a GPU fallen off the bus) leaves the process stuck in the kernel where
     even SIGKILL does not finish it, so a limit bolted onto run_command (a timer
-    that kills the child) would still wait forever. Here the child gets its own
-    session; on timeout the whole group is killed, and if it is still not gone
-    after a short grace it is abandoned.
+    that kills the child) would still wait forever.
+
+    The child gets its own session and process group. Whether it exits, runs
+    past ``timeout`` or prints more than ``max_output`` bytes on a stream, before
+    it is reaped (so its group id cannot be reused) everything it left is
+    killed: its process group, and, when it did not end cleanly, every process
+    descended from it or holding its output pipes, which finds the children that
+    left the group with setsid(). After a short grace an unkillable process is
+    abandoned.
     """
     env = dict(os.environ, LC_ALL="C")
     try:
@@ -308,15 +359,187 @@ def run_program(argv: Sequence[str], timeout: float) -> RunResult:
         )
     except OSError as exc:
         return RunResult(None, b"", b"", f"cannot execute {argv[0]}: {exc.strerror or exc}")
+    assert proc.stdout is not None and proc.stderr is not None
+    pipes = (proc.stdout.fileno(), proc.stderr.fileno())
+    output = {fd: bytearray() for fd in pipes}
+    why = None
     try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(OSError):  # the group may be gone already
-            os.killpg(proc.pid, signal.SIGKILL)
+        why, open_pipes = _collect(proc.pid, pipes, output, time.monotonic() + timeout, max_output)
+        grace = time.monotonic() + KILL_GRACE_S
+        _kill_leftovers(proc.pid, pipes, thorough=why is not None or bool(open_pipes))
+        if why is None and open_pipes:  # the tail of what it printed, now that no one writes
+            _collect(None, open_pipes, output, grace, max_output)
         with contextlib.suppress(subprocess.TimeoutExpired):  # unkillable (state D): leave it
-            proc.communicate(timeout=KILL_GRACE_S)
-        return RunResult(None, b"", b"", f"{argv[0]} did not finish within {timeout:g} s")
-    return RunResult(proc.returncode, stdout, stderr, None)
+            proc.wait(timeout=max(grace - time.monotonic(), 0.1))
+    finally:
+        if proc.returncode is None:  # interrupted: never leave it running
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        proc.stdout.close()
+        proc.stderr.close()
+    if why == "timeout":
+        return RunResult(None, b"", b"", f"{argv[0]} did not finish within {timeout:g} s", True)
+    if why == "output":
+        error = f"{argv[0]} printed more than {max_output} bytes"
+        return RunResult(None, b"", b"", error, True)
+    return RunResult(proc.returncode, bytes(output[pipes[0]]), bytes(output[pipes[1]]), None)
+
+
+def _collect(
+    pid: int | None,
+    pipes: Sequence[int],
+    output: dict[int, bytearray],
+    deadline: float,
+    max_output: int,
+) -> tuple[str | None, list[int]]:
+    """Read ``pipes`` into ``output`` until process ``pid`` has exited (left
+    unreaped) and the pipes are closed, or, with no ``pid``, until the pipes close.
+
+    Returns ``(why, pipes still open)``: ``why`` is None, "timeout" (the
+    deadline passed) or "output" (a stream passed ``max_output`` bytes).
+    """
+    open_pipes = list(pipes)
+    pidfd = _pidfd_open(pid) if pid is not None else None
+    try:
+        with selectors.DefaultSelector() as selector:
+            for fd in open_pipes:
+                selector.register(fd, selectors.EVENT_READ)
+            if pidfd is not None:
+                selector.register(pidfd, selectors.EVENT_READ)
+            while True:
+                if pid is not None and _has_exited(pid):
+                    # Done. Whatever still holds a pipe is a leftover, killed next.
+                    return None, open_pipes
+                if pid is None and not open_pipes:
+                    return None, open_pipes
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return "timeout", open_pipes
+                if pid is not None and pidfd is None:
+                    remaining = min(remaining, _POLL_S)
+                for key, _ in selector.select(remaining):
+                    if key.fd == pidfd:
+                        selector.unregister(pidfd)  # exited: seen at the top of the loop
+                        continue
+                    data = os.read(key.fd, 65536)
+                    if not data:
+                        selector.unregister(key.fd)
+                        open_pipes.remove(key.fd)
+                        continue
+                    output[key.fd] += data
+                    if len(output[key.fd]) > max_output:
+                        return "output", open_pipes
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def _pidfd_open(pid: int) -> int | None:
+    """A pidfd (readable once ``pid`` exits), or None where the kernel has none."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def _has_exited(pid: int) -> bool:
+    """Whether child ``pid`` has exited, without reaping it (its process group id
+    stays its own while it is a zombie)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
+def _kill_leftovers(leader: int, pipes: Sequence[int], thorough: bool) -> None:
+    """SIGKILL the process group of ``leader`` (not yet reaped) and, when
+    ``thorough``, every process descended from it or holding one of ``pipes``.
+
+    The group is stopped first and each process found is stopped as it is found,
+    so nothing can start a new child between the search and the kill; the search
+    repeats until it finds no one new.
+    """
+    with contextlib.suppress(OSError):
+        os.killpg(leader, signal.SIGSTOP)
+    found: dict[int, int] = {}
+    if thorough:
+        inodes = {f"pipe:[{os.fstat(fd).st_ino}]" for fd in pipes}
+        for _ in range(16):
+            new = {
+                pid: start
+                for pid, start in _descendants_and_holders([leader, *found], inodes).items()
+                if pid not in found
+            }
+            if not new:
+                break
+            for pid, start in new.items():
+                _signal_exact(pid, start, signal.SIGSTOP)
+            found.update(new)
+    with contextlib.suppress(OSError):
+        os.killpg(leader, signal.SIGKILL)
+    for pid, start in found.items():
+        _signal_exact(pid, start, signal.SIGKILL)
+
+
+def _proc_stat(pid: int | str) -> tuple[int, int] | None:
+    """``(parent pid, start time)`` of a process from ``/proc/<pid>/stat``."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+        return int(fields[1]), int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _descendants_and_holders(roots: Sequence[int], pipe_links: set[str]) -> dict[int, int]:
+    """``{pid: start time}`` of the processes below ``roots`` (by parent pid) and
+    of those holding a descriptor that links to one of ``pipe_links``, with
+    everything below them. This process is never included."""
+    me = os.getpid()
+    table: dict[int, tuple[int, int]] = {}
+    holders: list[int] = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        info = _proc_stat(name)
+        if info is None:
+            continue
+        table[int(name)] = info
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{name}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{name}/fd/{fd}") in pipe_links:
+                        holders.append(int(name))
+                        break
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    result: dict[int, int] = {}
+    queue = [*roots, *holders]
+    while queue:
+        pid = queue.pop()
+        if pid in table and pid not in result and pid not in roots:
+            result[pid] = table[pid][1]
+        queue.extend(child for child in children.get(pid, ()) if child not in result)
+    return result
+
+
+def _signal_exact(pid: int, start: int, sig: int) -> None:
+    """Send ``sig`` to ``pid`` only if it is still the process that started at
+    ``start`` (through a pidfd where there is one, so a reused pid is never hit)."""
+    pidfd = _pidfd_open(pid)
+    try:
+        info = _proc_stat(pid)
+        if info is None or info[1] != start:
+            return
+        with contextlib.suppress(OSError):
+            if pidfd is not None:
+                signal.pidfd_send_signal(pidfd, sig)
+            else:
+                os.kill(pid, sig)
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
 
 
 def resolve_command(
@@ -350,11 +573,17 @@ def query_nvidia_smi(
     timeout: float,
     find_bin: Callable[[str], str | None],
     runner: Callable[[Sequence[str], float], RunResult] = run_program,
+    problems: list[str] | None = None,
 ) -> tuple[dict[str, Any] | None, str | None]:
     """Run ``nvidia-smi -q -x``; return ``(parsed document, None)`` or ``(None, why)``.
 
     When the document names no compute capability (``-q -x`` does not), one
     ``--query-gpu`` call adds it; a driver too old for that field leaves it null.
+    Each call may run ``timeout`` seconds.
+
+    Missing, failing (no driver) or not executable: only ``why``. Hung (killed
+    after the timeout, or for flooding), or exiting 0 with output that is not a
+    document: the driver is there but cannot be read, so a problem as well.
     """
     program, missing = resolve_command(command_line, find_bin)
     if program is None:
@@ -362,6 +591,8 @@ def query_nvidia_smi(
     argv = [*program, "-q", "-x"]
     result = runner(argv, timeout)
     if result.error is not None:
+        if result.killed and problems is not None:
+            problems.append(f"nvidia-smi -q -x: {result.error}")
         return None, result.error
     if result.rc != 0:
         detail = _first_line(result.stdout) or _first_line(result.stderr)
@@ -369,11 +600,15 @@ def query_nvidia_smi(
     try:
         smi = parse_nvidia_smi_xml(result.stdout)
     except ValueError as exc:
+        if problems is not None:
+            problems.append(f"nvidia-smi -q -x: {argv[0]} exited with status 0 but {exc}")
         return None, str(exc)
     if any(gpu["compute_capability"] is None for gpu in smi["gpus"]):
         caps = runner([*program, *COMPUTE_CAP_QUERY], timeout)
-        if caps.error is None and caps.rc == 0:
-            merge_compute_caps(smi, parse_compute_caps_csv(caps.stdout))
+        if caps.killed and problems is not None:
+            problems.append(f"nvidia-smi {COMPUTE_CAP_QUERY[0]}: {caps.error}")
+        elif caps.error is None and caps.rc == 0:
+            merge_compute_caps(smi, parse_compute_caps_csv(caps.stdout, problems))
     return smi, None
 
 
@@ -384,17 +619,21 @@ def gather(
     runner: Callable[[Sequence[str], float], RunResult] = run_program,
 ) -> dict[str, Any]:
     """Everything the module returns apart from ``changed``."""
-    smi, error = query_nvidia_smi(params["nvidia_smi"], params["timeout"], find_bin, runner)
+    problems: list[str] = []
+    smi, error = query_nvidia_smi(
+        params["nvidia_smi"], params["timeout"], find_bin, runner, problems
+    )
     sysfs_root = params["sysfs_root"]
     hardware = build_hardware_facts(
         smi=smi,
-        pci=scan_pci(sysfs_root),
-        nvidia_module=read_nvidia_module(sysfs_root),
-        memory_total_mib=read_meminfo_total_mib(params["proc_root"]),
+        pci=scan_pci(sysfs_root, problems),
+        nvidia_module=read_nvidia_module(sysfs_root, problems),
+        memory_total_mib=read_meminfo_total_mib(params["proc_root"], problems),
         cpu_cores=cpu_core_count(),
-        numa_nodes=count_numa_nodes(sysfs_root),
+        numa_nodes=count_numa_nodes(sysfs_root, problems),
+        problems=problems,
     )
-    tier = decide_tier(hardware["source"], hardware["usable_vram_mib"], tiers)
+    tier = decide_tier(hardware["source"], hardware["usable_vram_mib"], tiers, hardware["problems"])
     return {
         "nvidia_smi_error": error,
         "tier_thresholds_mib": tier_thresholds_mib(tiers),
@@ -427,9 +666,10 @@ def main() -> None:
             module.fail_json(msg="nvidia_smi must name a program")
     except ValueError as exc:
         module.fail_json(msg=f"nvidia_smi is not a valid command line: {exc}")
-    if params["timeout"] <= 0:
+    if not 0 < params["timeout"] <= MAX_TIMEOUT_S:
         module.fail_json(
-            msg=f"timeout must be a positive number of seconds, got {params['timeout']}"
+            msg=f"timeout must be a positive number of seconds up to {MAX_TIMEOUT_S}, "
+            f"got {params['timeout']}"
         )
 
     # run_program is looked up here, at call time, so unit tests can replace it.

@@ -11,6 +11,7 @@ from typing import Any
 
 import gpu_facts
 import pytest
+import yaml
 from ansible.module_utils import basic
 from ansible.module_utils.testing import patch_module_args
 
@@ -430,3 +431,16 @@ def test_module_with_replaying_double(
     assert hardware["usable_vram_mib"] == 7979
     assert result["ansible_facts"]["llmfleet_tier"] == "standard"
     assert os.access(double, os.X_OK)
+
+
+def test_return_documents_every_hardware_fact(
+    use_runner: Any, roots: dict[str, str], capture: Any
+) -> None:
+    # The RETURN block is the facts' contract (problems included): it cannot drift.
+    use_runner(answered(capture("t4.xml")))
+    hardware = run_module(roots)["ansible_facts"]["llmfleet_hardware"]
+    documented = yaml.safe_load(gpu_facts.RETURN)["ansible_facts"]["contains"]
+    documented = documented["llmfleet_hardware"]["contains"]
+    assert set(hardware) == set(documented)
+    assert set(hardware["gpus"][0]) == set(documented["gpus"]["contains"])
+    assert hardware["problems"] == []
