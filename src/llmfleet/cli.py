@@ -54,6 +54,10 @@ def cmd_bundle_build(args: argparse.Namespace) -> int:
     except (BuildError, FetchError, AptError, SigningError, ImageError) as exc:
         print(f"bundle build failed: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a folder or file the build cannot write or read
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"bundle build failed:{where}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("bundle build interrupted: nothing partial is left under the bundle", file=sys.stderr)
         return 130

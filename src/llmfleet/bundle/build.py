@@ -30,7 +30,14 @@ from typing import Any
 from llmfleet_bundle import KEY_ARMORED, KEYRING, MANIFEST, SIGNATURE, SUMS, artifacts_by_path
 
 from llmfleet.bundle import apt_repo
-from llmfleet.bundle.fetch import Fetcher, HashCache, cached_download, extract_member, place
+from llmfleet.bundle.fetch import (
+    Fetcher,
+    FetchError,
+    HashCache,
+    cached_download,
+    extract_member,
+    place,
+)
 from llmfleet.bundle.images import ensure_image
 from llmfleet.bundle.manifest import (
     CACHE_DIR,
@@ -112,6 +119,29 @@ def check_output(output: Path) -> None:
             f"{output} is not empty and holds no bundle (no {MANIFEST}, no {CACHE_DIR}/): "
             "give an empty or new folder"
         )
+    if output.is_dir():
+        links = symbolic_links(output)
+        if links:
+            shown = ", ".join(f"{link} -> {os.readlink(link)}" for link in links[:5])
+            raise BuildError(
+                f"{output} holds symbolic links where the builder writes: {shown}; the "
+                "builder writes only inside the bundle folder and never through a link: "
+                "replace each with a real folder or file (a cache elsewhere: --cache DIR)"
+            )
+
+
+def symbolic_links(output: Path) -> list[Path]:
+    """Symbolic links in the folders the builder writes (its own and the cache), sorted."""
+    links = []
+    for top in (*OWNED, CACHE_DIR, MANIFEST, SIGNATURE, SUMS):
+        path = output / top
+        if path.is_symlink():
+            links.append(path)
+        elif path.is_dir():
+            for root, dirs, files in os.walk(path):
+                links += [Path(root) / name for name in [*dirs, *files]
+                          if (Path(root) / name).is_symlink()]  # fmt: skip
+    return sorted(links)
 
 
 def check_places(output: Path, signing_home: Path, cache: Path) -> None:
@@ -125,6 +155,12 @@ def check_places(output: Path, signing_home: Path, cache: Path) -> None:
     inside = cached == out or out in cached.parents
     if inside and not (cached == out / CACHE_DIR or out / CACHE_DIR in cached.parents):
         raise BuildError(f"the cache {cache} is inside the bundle: use {output / CACHE_DIR}")
+
+
+def _reason(exc: OSError) -> str:
+    """An OSError in words: the reason and, when it is another path, that path."""
+    reason = exc.strerror or str(exc)
+    return f"{reason} ({exc.filename})" if exc.filename else reason
 
 
 def require_tools(spec: Spec) -> None:
@@ -167,7 +203,11 @@ def build_bundle(
     check_output(output)
     check_places(output, signing_home, cache)
     require_tools(spec)
-    output.mkdir(parents=True, exist_ok=True)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        (output / CACHE_DIR).mkdir(exist_ok=True)
+    except OSError as exc:
+        raise BuildError(f"cannot write the bundle folder {output}: {_reason(exc)}") from None
     staging = output / CACHE_DIR / "tmp"
 
     def say(message: str) -> None:
@@ -305,7 +345,10 @@ def ensure_file(entry: FileEntry, ctx: _Context, known: dict[str, Any] | None) -
     if entry.extract is None:
         place(archive, dest, ctx.staging)
         return artifact.with_checksum(entry.sha256, dest.stat().st_size)
-    temp, sha256, size = extract_member(archive, entry.extract, ctx.staging)
+    try:
+        temp, sha256, size = extract_member(archive, entry.extract, ctx.staging)
+    except FetchError as exc:
+        raise FetchError(f"{entry.name}: extract from {entry.source}: {exc}") from exc
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(temp, dest)

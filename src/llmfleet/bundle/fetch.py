@@ -24,6 +24,7 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -422,17 +423,80 @@ def cached_download(
 # --- archives ----------------------------------------------------------------------------
 
 
-def extract_member(archive: Path, member: str, staging: Path) -> tuple[Path, str, int]:
+#: The largest member `extract:` takes out of an archive (a 32B model is about 20 GB).
+MAX_MEMBER_BYTES = 64 * 1024**3
+#: How many times its compressed size a member may grow when it is unpacked: models and
+#: binaries barely compress, source text about 10 times; a zip bomb a thousand times.
+MAX_RATIO = 100
+#: Below this size a member is never an archive bomb, whatever its ratio.
+RATIO_FLOOR_BYTES = 16 * 1024**2
+#: What reading a broken archive raises (bad CRC, truncated stream, bad header).
+ARCHIVE_ERRORS = (zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError, OSError)
+
+
+@dataclass(frozen=True)
+class MemberLimits:
+    """How large an extracted member may be, in bytes and as a multiple of what it took in
+    the archive; see MAX_MEMBER_BYTES, MAX_RATIO and RATIO_FLOOR_BYTES."""
+
+    max_bytes: int = MAX_MEMBER_BYTES
+    max_ratio: int = MAX_RATIO
+    ratio_floor: int = RATIO_FLOOR_BYTES
+
+    def cap(self, compressed: int) -> tuple[int, str]:
+        """The most bytes a member of `compressed` bytes may unpack to, and that limit in
+        words for a message."""
+        by_ratio = max(self.max_ratio * max(compressed, 1), self.ratio_floor)
+        if by_ratio < self.max_bytes:
+            return by_ratio, (
+                f"{self.max_ratio} times its compressed size of {compressed} bytes "
+                f"({by_ratio} bytes): an archive bomb is refused"
+            )
+        return self.max_bytes, f"the limit of {self.max_bytes} bytes for one member"
+
+
+def extract_member(
+    archive: Path, member: str, staging: Path, limits: MemberLimits | None = None
+) -> tuple[Path, str, int]:
     """Copy `member` of a zip or tar `archive` to a temporary file in `staging`.
 
     Returns the file, its sha256 and size. The caller moves it into place (or deletes it).
+    A member larger than `limits` (its declared size, or the bytes it really unpacks to) and
+    a broken archive are FetchErrors naming the member; nothing is left in `staging`.
     """
-    with _open_member(archive, member) as body:
-        return save_stream(iter(lambda: body.read(CHUNK), b""), staging, None, member, None)
+    limits = limits or MemberLimits()
+    try:
+        with _open_member(archive, member, limits) as (body, cap, limit):
+            return save_stream(
+                _capped(
+                    body, cap, f"{archive.name}: member {member!r} unpacks to more than {limit}"
+                ),
+                staging,
+                None,
+                member,
+                None,
+            )
+    except FetchError:
+        raise
+    except ARCHIVE_ERRORS as exc:
+        raise FetchError(f"{archive.name}: member {member!r} cannot be read: {exc}") from exc
+
+
+def _capped(body: BinaryIO, cap: int, message: str) -> Iterator[bytes]:
+    """The body's blocks, a FetchError(message) once more than `cap` bytes came."""
+    size = 0
+    while block := body.read(min(CHUNK, cap - size + 1)):
+        size += len(block)
+        if size > cap:
+            raise FetchError(message)
+        yield block
 
 
 @contextlib.contextmanager
-def _open_member(archive: Path, member: str) -> Iterator[BinaryIO]:
+def _open_member(
+    archive: Path, member: str, limits: MemberLimits
+) -> Iterator[tuple[BinaryIO, int, str]]:
+    """The member's body, the most bytes it may unpack to, and that limit in words."""
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zipped:
             try:
@@ -441,8 +505,10 @@ def _open_member(archive: Path, member: str) -> Iterator[BinaryIO]:
                 raise FetchError(_no_member(archive, member, zipped.namelist())) from None
             if info.is_dir():
                 raise FetchError(f"{archive.name}: member {member!r} is a directory")
+            cap, limit = limits.cap(info.compress_size)
+            _refuse_declared(archive, member, info.file_size, cap, limit)
             with zipped.open(info) as body:
-                yield body  # type: ignore[misc]
+                yield body, cap, limit  # type: ignore[misc]
         return
     if not tarfile.is_tarfile(archive):
         raise FetchError(f"{archive.name}: not a zip or tar archive, cannot extract")
@@ -455,8 +521,18 @@ def _open_member(archive: Path, member: str) -> Iterator[BinaryIO]:
         body = tarred.extractfile(info) if info.isfile() else None
         if body is None:
             raise FetchError(f"{archive.name}: member {member!r} is not a regular file")
+        # a tar's members are compressed together: the whole archive is the compressed size
+        cap, limit = limits.cap(archive.stat().st_size)
+        _refuse_declared(archive, member, info.size, cap, limit)
         with body:
-            yield body  # type: ignore[misc]
+            yield body, cap, limit  # type: ignore[misc]
+
+
+def _refuse_declared(archive: Path, member: str, declared: int, cap: int, limit: str) -> None:
+    if declared > cap:
+        raise FetchError(
+            f"{archive.name}: member {member!r} is {declared} bytes unpacked, more than {limit}"
+        )
 
 
 def _no_member(archive: Path, member: str, names: list[str]) -> str:

@@ -470,10 +470,14 @@ def load_spec(path: Path, env: Mapping[str, str]) -> Spec:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SpecError([f"{path}: cannot read the spec: {exc.strerror}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise SpecError([f"{path}: not UTF-8 text (byte {exc.start}): not a spec"]) from exc
     try:
         data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no Python objects
     except yaml.YAMLError as exc:
         raise SpecError([f"{path}: not valid YAML: {exc}"]) from exc
+    except RecursionError as exc:  # PyYAML builds nested collections recursively
+        raise SpecError([f"{path}: nested too deeply to be a spec"]) from exc
     return parse_spec(data, env, str(path))
 
 
