@@ -8,19 +8,33 @@ label (a ``:port`` suffix stripped) is rolled back by running the rollback
 playbook through ``ansible_runner.run(..., limit=<host>)`` in a background
 worker, one run at a time; Alertmanager gets its answer before the run starts.
 
+Before anything is recorded, every alert that would start a rollback must name one host of
+the inventory (``ansible-inventory --list``, reused for ``inventory_cache_seconds`` while the
+inventory's files do not change): an ``instance`` that is a pattern (``all``, ``*``,
+``a:b``), a group or an unknown host is answered 422 with the reason for each, and nothing is
+logged, counted as a decision, queued or spent from a cool-down. The worker lists the
+inventory again before each run, so a host removed since is still not touched.
+
 A host is rolled back at most once per ``cooldown_seconds``, however often its
 alert repeats and however many alerts of one payload name it. The time of each
 host's last rollback is kept in ``<state_dir>/cooldown.json`` (written to a
 temporary file and renamed), so a restart of the receiver keeps the cool-down.
 
-Before a run the worker lists the inventory (``ansible-inventory --list``) and
-runs only when the name is a host of it and not a group: an ``instance`` of
-``all``, a group name or an unknown host never becomes a wider ``--limit``.
+Every connection is bounded: the request line and headers must arrive within
+``header_timeout_seconds`` and the whole request within ``request_timeout_seconds`` (total
+deadlines, not per read: a client that sends a byte a second is cut too); at most
+``max_connections`` are served at once, more are answered 503 and closed; a body must have a
+Content-Length of at most ``max_body_bytes``, be ``application/json`` and nest at most
+``max_json_depth`` deep. Each refusal is a 4xx (or 503) with a JSON ``error`` naming the
+input, and every connection is answered with ``Connection: close``.
 
 Every decision and every finished run is one JSON line in ``log_file``, with the
-alert that caused it. ``GET /metrics`` exports ``llmfleet_rollbacks_total{host,result}``
-and ``llmfleet_rollback_alerts_total{decision}`` (prometheus_client, a registry per
-receiver); ``GET /health`` answers 200.
+alert that caused it (and every request with a missing or wrong token, as ``unauthorized``).
+``GET /metrics`` needs a bearer token too: the ``metrics_token_file``'s (Prometheus'
+``authorization: {credentials_file: ...}``) or, without one, the webhook's; it exports
+``llmfleet_rollbacks_total{host,result}``, ``llmfleet_rollback_alerts_total{decision}`` and
+``llmfleet_rollback_requests_refused_total{reason}`` (prometheus_client, a registry per
+receiver). ``GET /health`` answers 200 to anyone.
 
 The configuration file (YAML)::
 
@@ -41,6 +55,15 @@ The configuration file (YAML)::
     environment: {}                   # optional: variables for ansible (strings)
     run_timeout_seconds: 1800         # optional: a run is cancelled after this long
     keep_runs: 50                     # optional: run folders kept under state_dir/runs
+    metrics_token_file: /etc/llmfleet/receiver-metrics.token  # optional: GET /metrics's
+                                      # token (default: token_file's)
+    inventory_cache_seconds: 60       # optional: how long an inventory listing is reused
+    limits:                           # optional
+      max_connections: 16             # connections served at once (more: 503, closed)
+      header_timeout_seconds: 10      # request line and headers, in all
+      request_timeout_seconds: 30     # the whole request, body included, in all
+      max_body_bytes: 1048576         # the largest Content-Length taken
+      max_json_depth: 16              # the deepest nesting of [ and { in a body
 
 Relative paths are taken from the configuration file's folder. The file is checked
 against a JSON Schema (`SCHEMA`, with jsonschema): unknown keys and wrong values are
@@ -49,7 +72,9 @@ errors that name the key; every problem is reported at once.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
+import io
 import json
 import os
 import queue
@@ -64,9 +89,10 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
@@ -86,6 +112,16 @@ DEFAULT_KEEP_RUNS = 50
 INVENTORY_TIMEOUT_S = 120
 #: The largest request body accepted (Alertmanager's payloads are far smaller).
 MAX_BODY_BYTES = 1024 * 1024
+#: The deepest nesting of [ and { in a body (Alertmanager's payloads nest 3 deep); far below
+#: the depth where Python's json parser runs out of stack.
+DEFAULT_MAX_JSON_DEPTH = 16
+MAX_JSON_DEPTH_LIMIT = 100
+DEFAULT_MAX_CONNECTIONS = 16
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+DEFAULT_REQUEST_TIMEOUT_S = 30.0
+DEFAULT_INVENTORY_CACHE_S = 60.0
+#: Seconds an answer may take to be written (a client that does not read is cut).
+WRITE_TIMEOUT_S = 10.0
 WEBHOOK_PATH = "/alertmanager"
 STATE_FILE = "cooldown.json"
 
@@ -103,6 +139,19 @@ DECISIONS = (
     IGNORED_BAD_INSTANCE,
 )
 RESULTS = ("successful", "failed")
+#: Why a request was refused, as the refusals counter labels it.
+REFUSALS = (
+    "unauthorized",
+    "not_found",
+    "bad_request",
+    "length_required",
+    "too_large",
+    "unsupported_media_type",
+    "timeout",
+    "not_a_host",
+    "inventory_unavailable",
+    "busy",
+)
 
 #: An inventory host name usable as a --limit that matches only itself: no pattern characters
 #: (``* ? [ ] ! & : , ~ @``), no spaces, not starting with a dot or a dash.
@@ -124,6 +173,20 @@ class PayloadError(ValueError):
     """The request body is not an Alertmanager webhook payload."""
 
 
+class InventoryError(Exception):
+    """The inventory could not be listed; the message says why."""
+
+
+class Refused(ValueError):
+    """Alerts that would roll back something that is not one inventory host; ``refusals``
+    holds one ``{alertname, instance, reason}`` per alert."""
+
+    def __init__(self, refusals: list[dict[str, str]]) -> None:
+        self.refusals = refusals
+        reasons = "; ".join(f"{r['alertname']}: {r['reason']}" for r in refusals)
+        super().__init__(f"no rollback: {reasons}")
+
+
 # -- configuration ---------------------------------------------------------------------------
 
 
@@ -143,6 +206,13 @@ class ReceiverConfig:
     environment: Mapping[str, str] = field(default_factory=dict)
     run_timeout_seconds: int = DEFAULT_RUN_TIMEOUT_S
     keep_runs: int = DEFAULT_KEEP_RUNS
+    metrics_token_file: Path | None = None
+    inventory_cache_seconds: float = DEFAULT_INVENTORY_CACHE_S
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    header_timeout_seconds: float = DEFAULT_HEADER_TIMEOUT_S
+    request_timeout_seconds: float = DEFAULT_REQUEST_TIMEOUT_S
+    max_body_bytes: int = MAX_BODY_BYTES
+    max_json_depth: int = DEFAULT_MAX_JSON_DEPTH
 
     @property
     def run_dir(self) -> Path:
@@ -160,6 +230,7 @@ PATH_KEYS = (
     "log_file",
     "ansible_cfg",
     "project_dir",
+    "metrics_token_file",
 )
 REQUIRED_PATHS = ("token_file", "playbook", "inventory")
 
@@ -209,6 +280,53 @@ SCHEMA = strict_mapping(
             "minimum": 1,
             "message": "keep_runs must be an integer >= 1, not {value!r}",
         },
+        "inventory_cache_seconds": {
+            "type": "number",
+            "minimum": 0,
+            "message": "inventory_cache_seconds must be a number of seconds >= 0, not {value!r}",
+        },
+        "limits": strict_mapping(
+            {
+                "max_connections": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": 1024,
+                    "message": "limits.max_connections must be an integer from 1 to 1024, "
+                    "not {value!r}",
+                },
+                "header_timeout_seconds": {
+                    "type": "number",
+                    "exclusiveMinimum": 0,
+                    "maximum": 3600,
+                    "message": "limits.header_timeout_seconds must be a number of seconds "
+                    "above 0 and at most 3600, not {value!r}",
+                },
+                "request_timeout_seconds": {
+                    "type": "number",
+                    "exclusiveMinimum": 0,
+                    "maximum": 3600,
+                    "message": "limits.request_timeout_seconds must be a number of seconds "
+                    "above 0 and at most 3600, not {value!r}",
+                },
+                "max_body_bytes": {
+                    "type": "integer",
+                    "minimum": 1024,
+                    "maximum": 64 * 1024 * 1024,
+                    "message": "limits.max_body_bytes must be an integer from 1024 to "
+                    "67108864, not {value!r}",
+                },
+                "max_json_depth": {
+                    "type": "integer",
+                    "minimum": 4,
+                    "maximum": MAX_JSON_DEPTH_LIMIT,
+                    "message": f"limits.max_json_depth must be an integer from 4 to "
+                    f"{MAX_JSON_DEPTH_LIMIT}, not {{value!r}}",
+                },
+            },
+            message="limits must be a mapping of max_connections, header_timeout_seconds, "
+            "request_timeout_seconds, max_body_bytes, max_json_depth",
+            unknown="unknown key limits.{key} (known: {allowed})",
+        ),
         "extravars": {
             "type": ["object", "null"],
             "propertyNames": {"type": "string"},
@@ -255,6 +373,18 @@ def parse_config(data: object, base: Path) -> ReceiverConfig:
         return path(data[key]) if data.get(key) is not None else None
 
     listen = data.get("listen", {})
+    limits = data.get("limits", {})
+    header_timeout = float(limits.get("header_timeout_seconds", DEFAULT_HEADER_TIMEOUT_S))
+    request_timeout = float(limits.get("request_timeout_seconds", DEFAULT_REQUEST_TIMEOUT_S))
+    if request_timeout < header_timeout:
+        raise ConfigError(
+            base,
+            [
+                f"limits.request_timeout_seconds ({request_timeout:g}) must be at least "
+                f"limits.header_timeout_seconds ({header_timeout:g}): the headers are part of "
+                "the request"
+            ],
+        )
     return ReceiverConfig(
         token_file=path(data["token_file"]),
         playbook=path(data["playbook"]),
@@ -270,6 +400,15 @@ def parse_config(data: object, base: Path) -> ReceiverConfig:
         environment=dict(data.get("environment") or {}),
         run_timeout_seconds=data.get("run_timeout_seconds", DEFAULT_RUN_TIMEOUT_S),
         keep_runs=data.get("keep_runs", DEFAULT_KEEP_RUNS),
+        metrics_token_file=optional("metrics_token_file"),
+        inventory_cache_seconds=float(
+            data.get("inventory_cache_seconds", DEFAULT_INVENTORY_CACHE_S)
+        ),
+        max_connections=limits.get("max_connections", DEFAULT_MAX_CONNECTIONS),
+        header_timeout_seconds=header_timeout,
+        request_timeout_seconds=request_timeout,
+        max_body_bytes=limits.get("max_body_bytes", MAX_BODY_BYTES),
+        max_json_depth=limits.get("max_json_depth", DEFAULT_MAX_JSON_DEPTH),
     )
 
 
@@ -284,10 +423,12 @@ def check_paths(config: ReceiverConfig) -> list[str]:
         problems.append(f"ansible_cfg {config.ansible_cfg} is not a file")
     if not config.run_dir.is_dir():
         problems.append(f"project_dir {config.run_dir} is not a folder")
-    try:
-        read_token(config.token_file)
-    except ValueError as exc:
-        problems.append(str(exc))
+    for path in (config.token_file, config.metrics_token_file):
+        try:
+            if path is not None:
+                read_token(path)
+        except ValueError as exc:
+            problems.append(str(exc))
     return problems
 
 
@@ -297,8 +438,12 @@ def load_config(path: Path) -> ReceiverConfig:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(path, [f"cannot read it: {exc.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, ["not UTF-8 text"]) from None
     except yaml.YAMLError as exc:
         raise ConfigError(path, [f"not valid YAML: {exc}"]) from None
+    except RecursionError:
+        raise ConfigError(path, ["nested too deeply to be a configuration"]) from None
     config = parse_config(data, path.resolve().parent)
     problems = check_paths(config)
     if problems:
@@ -386,6 +531,57 @@ def parse_payload(payload: object) -> list[Alert]:
     return parsed
 
 
+#: The characters that matter to the nesting of a JSON text.
+_JSON_SIGNIFICANT = re.compile(r'[\[\]{}"\\]')
+
+
+def json_depth(text: str, limit: int) -> int:
+    """The deepest nesting of [ and { in a JSON text, strings aside; counting stops past
+    ``limit``. Linear in the text, whatever it holds (no recursion, no backtracking)."""
+    depth = deepest = 0
+    in_string = False
+    escaped_at = -1
+    for found in _JSON_SIGNIFICANT.finditer(text):
+        position, char = found.start(), found.group()
+        if position == escaped_at:
+            continue
+        if in_string:
+            if char == "\\":
+                escaped_at = position + 1
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                break
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def parse_body(body: bytes, max_depth: int) -> object:
+    """The JSON document in a request body. Raises PayloadError naming what is wrong."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PayloadError(f"the body is not UTF-8 text (byte {exc.start})") from None
+    depth = json_depth(text, max_depth)
+    if depth > max_depth:
+        raise PayloadError(
+            f"the body nests more than {max_depth} levels of [ and {{ (limits.max_json_depth); "
+            "an Alertmanager payload nests 3"
+        )
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PayloadError(f"the body is not JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # an integer of 5000 digits, say
+        raise PayloadError(f"the body is not JSON this receiver reads: {exc}") from None
+
+
 def host_of_instance(instance: str) -> str | None:
     """The inventory host an ``instance`` label names (``host`` or ``host:port``); None if unusable.
 
@@ -441,6 +637,32 @@ def decide(
     return decisions
 
 
+def refusals(
+    alerts: Iterable[Alert], inventory: InventoryLookup, where: Path
+) -> list[dict[str, str]]:
+    """One ``{alertname, instance, reason}`` per alert that would roll back something that is
+    not one inventory host (a pattern, a group, an unknown name); the inventory is listed only
+    when an alert would roll a host back. Raises InventoryError."""
+    refused = []
+    listed: Inventory | None = None
+    for alert in alerts:
+        if alert.status != "firing" or alert.labels.get("action") != "rollback":
+            continue
+        instance = alert.labels.get("instance", "")
+        host = host_of_instance(instance)
+        if host is None:
+            reason = (
+                f"instance {instance!r} does not name one inventory host (a name, with an "
+                "optional :port; not a pattern, a list or all)"
+            )
+        else:
+            listed = listed or inventory()
+            reason = host_refusal(host, listed, where)
+        if reason:
+            refused.append({"alertname": alert.name, "instance": instance, "reason": reason})
+    return refused
+
+
 def apply_decisions(
     last_rollback: Mapping[str, float], decisions: Iterable[Decision], now: float
 ) -> dict[str, float]:
@@ -494,11 +716,14 @@ METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def metric_families(
-    rollbacks: Mapping[tuple[str, str], int], alerts: Mapping[str, int]
+    rollbacks: Mapping[tuple[str, str], int],
+    alerts: Mapping[str, int],
+    refused: Mapping[str, int] | None = None,
 ) -> list[CounterMetricFamily]:
-    """The two counters as prometheus_client metric families, samples sorted by label.
+    """The counters as prometheus_client metric families, samples sorted by label.
 
-    Every decision is exported, 0 included, so that ``rate()`` sees the first increase.
+    Every decision is exported, 0 included, so that ``rate()`` sees the first increase; the
+    refusals counter only when ``refused`` is given (then every reason, 0 included).
     """
     runs = CounterMetricFamily(
         "llmfleet_rollbacks",
@@ -514,7 +739,16 @@ def metric_families(
     )
     for decision in sorted(set(DECISIONS) | set(alerts)):
         decided.add_metric([decision], alerts.get(decision, 0))
-    return [runs, decided]
+    if refused is None:
+        return [runs, decided]
+    refusals = CounterMetricFamily(
+        "llmfleet_rollback_requests_refused",
+        "Requests refused before anything was recorded, by reason.",
+        labels=["reason"],
+    )
+    for reason in sorted(set(REFUSALS) | set(refused)):
+        refusals.add_metric([reason], refused.get(reason, 0))
+    return [runs, decided, refusals]
 
 
 class _Families:
@@ -534,7 +768,7 @@ def format_metrics(rollbacks: Mapping[tuple[str, str], int], alerts: Mapping[str
 class RollbackMetrics:
     """The receiver's counters, exported by prometheus_client from a registry of their own.
 
-    A collector rather than prometheus_client's Counter objects: it exports exactly the two
+    A collector rather than prometheus_client's Counter objects: it exports exactly the three
     ``_total`` series (no ``_created`` series, which prometheus_client 0.16 cannot turn off)
     and every decision from the start, 0 included.
     """
@@ -543,6 +777,7 @@ class RollbackMetrics:
         self._lock = threading.Lock()
         self._rollbacks: Counter[tuple[str, str]] = Counter()
         self._alerts: Counter[str] = Counter()
+        self._refused: Counter[str] = Counter()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Families(self._families))  # type: ignore[arg-type]
 
@@ -554,9 +789,13 @@ class RollbackMetrics:
         with self._lock:
             self._rollbacks[(host, result)] += 1
 
+    def count_refused(self, reason: str) -> None:
+        with self._lock:
+            self._refused[reason] += 1
+
     def _families(self) -> list[CounterMetricFamily]:
         with self._lock:
-            return metric_families(dict(self._rollbacks), dict(self._alerts))
+            return metric_families(dict(self._rollbacks), dict(self._alerts), dict(self._refused))
 
     def exposition(self) -> str:
         """``GET /metrics``: the registry in the text format (0.0.4)."""
@@ -619,12 +858,23 @@ def inventory_names(listing: Mapping[str, Any]) -> tuple[set[str], set[str]]:
     return hosts, groups | IMPLICIT_GROUPS
 
 
-def check_inventory_host(config: ReceiverConfig, host: str, environment: Mapping[str, str]) -> str:
-    """Why ``host`` must not be the --limit of a run; an empty string when it may be."""
+class Inventory(NamedTuple):
+    """The names of an inventory: its hosts and its groups (``all`` and ``ungrouped`` too)."""
+
+    hosts: frozenset[str]
+    groups: frozenset[str]
+
+
+#: Lists the inventory; raises InventoryError.
+InventoryLookup = Callable[[], Inventory]
+
+
+def list_inventory(config: ReceiverConfig, environment: Mapping[str, str]) -> Inventory:
+    """The inventory's hosts and groups, from ``ansible-inventory --list``. InventoryError."""
     env = {**os.environ, **environment}
     command = shutil.which("ansible-inventory", path=env.get("PATH"))
     if command is None:
-        return "ansible-inventory is not installed next to the receiver"
+        raise InventoryError("ansible-inventory is not installed next to the receiver")
     try:
         listed = subprocess.run(
             [command, "-i", str(config.inventory), "--list"],
@@ -636,18 +886,84 @@ def check_inventory_host(config: ReceiverConfig, host: str, environment: Mapping
             check=False,
         )
     except subprocess.TimeoutExpired:
-        return f"ansible-inventory took more than {INVENTORY_TIMEOUT_S} s"
+        raise InventoryError(f"ansible-inventory took more than {INVENTORY_TIMEOUT_S} s") from None
+    except OSError as exc:
+        raise InventoryError(f"ansible-inventory could not run: {exc}") from None
     if listed.returncode != 0:
-        return f"ansible-inventory failed: {listed.stderr.strip()[-500:]}"
+        raise InventoryError(f"ansible-inventory failed: {listed.stderr.strip()[-500:]}")
     try:
         hosts, groups = inventory_names(json.loads(listed.stdout))
-    except (json.JSONDecodeError, AttributeError):
-        return "ansible-inventory --list did not print a JSON inventory"
-    if host in groups:
+    except (ValueError, AttributeError, TypeError):
+        raise InventoryError("ansible-inventory --list did not print a JSON inventory") from None
+    return Inventory(frozenset(hosts), frozenset(groups))
+
+
+def host_refusal(host: str, inventory: Inventory, where: Path) -> str:
+    """Why ``host`` must not be the --limit of a run; an empty string when it may be."""
+    if host in inventory.groups:
         return f"{host} is a group of the inventory, not a host"
-    if host not in hosts:
-        return f"{host} is not a host of the inventory {config.inventory}"
+    if host not in inventory.hosts:
+        return f"{host} is not a host of the inventory {where}"
     return ""
+
+
+def check_inventory_host(config: ReceiverConfig, host: str, environment: Mapping[str, str]) -> str:
+    """Why ``host`` must not be the --limit of a run (listed now); empty when it may be."""
+    try:
+        inventory = list_inventory(config, environment)
+    except InventoryError as exc:
+        return str(exc)
+    return host_refusal(host, inventory, config.inventory)
+
+
+def inventory_stamp(path: Path, limit: int = 10_000) -> tuple[tuple[str, int, int], ...] | None:
+    """(file, mtime, size) of every file of an inventory (a file or a folder); None when it
+    cannot be read or holds more than ``limit`` files (then nothing is reused)."""
+    try:
+        if path.is_file():
+            stat = path.stat()
+            return ((str(path), stat.st_mtime_ns, stat.st_size),)
+        stamp = []
+        for root, _dirs, files in os.walk(path):
+            for name in files:
+                stat = (Path(root) / name).stat()
+                stamp.append((os.path.join(root, name), stat.st_mtime_ns, stat.st_size))
+                if len(stamp) > limit:
+                    return None
+        return tuple(sorted(stamp))
+    except OSError:
+        return None
+
+
+class InventoryCache:
+    """An inventory listing reused for ``max_age`` seconds while the inventory's files keep
+    their times and sizes; listed again otherwise (a dynamic inventory: at most that old)."""
+
+    def __init__(
+        self,
+        path: Path,
+        max_age: float,
+        lister: InventoryLookup,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._path = path
+        self._max_age = max_age
+        self._lister = lister
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._cached: tuple[Any, float, Inventory] | None = None
+
+    def __call__(self) -> Inventory:
+        stamp = inventory_stamp(self._path)
+        with self._lock:
+            now = self._clock()
+            if self._cached is not None and stamp is not None:
+                cached_stamp, listed_at, inventory = self._cached
+                if cached_stamp == stamp and now - listed_at < self._max_age:
+                    return inventory
+            inventory = self._lister()
+            self._cached = (stamp, now, inventory)
+            return inventory
 
 
 def prune_runs(runs: Path, keep: int) -> None:
@@ -729,9 +1045,18 @@ class Receiver:
         token: str,
         run: RunFunction,
         clock: Callable[[], float] = time.time,
+        inventory: InventoryLookup | None = None,
+        metrics_token: str | None = None,
     ) -> None:
         self.config = config
         self.token = token
+        #: The token GET /metrics takes besides the webhook's (None: the webhook's only).
+        self.metrics_token = metrics_token
+        self.inventory = inventory or InventoryCache(
+            config.inventory,
+            config.inventory_cache_seconds,
+            lambda: list_inventory(config, ansible_environment(config)),
+        )
         self._run = run
         self._clock = clock
         self._state_path = config.state_dir / STATE_FILE
@@ -746,8 +1071,16 @@ class Receiver:
         self._worker.start()
 
     def handle_payload(self, payload: object) -> list[Decision]:
-        """Decide on each alert of a payload; log, count, queue rollbacks. Raises PayloadError."""
+        """Decide on each alert of a payload; log, count, queue rollbacks.
+
+        Raises PayloadError (not a webhook payload), Refused (an alert would roll back
+        something that is not one inventory host) or InventoryError (the inventory cannot be
+        listed), each before anything is logged, counted as a decision, queued or saved.
+        """
         alerts = parse_payload(payload)
+        refused = refusals(alerts, self.inventory, self.config.inventory)
+        if refused:
+            raise Refused(refused)
         with self._lock:
             now = self._clock()
             decisions = decide(alerts, self._state, now, self.config.cooldown_seconds)
@@ -776,6 +1109,15 @@ class Receiver:
 
     def log_unauthorized(self, peer: str, path: str) -> None:
         self._log.write({"event": "unauthorized", "peer": peer, "path": path})
+
+    def count_refused(self, reason: str) -> None:
+        self._metrics.count_refused(reason)
+
+    def may_read_metrics(self, header: str | None) -> bool:
+        """Whether an Authorization header may read /metrics: the metrics token or the
+        webhook's (which may do more)."""
+        tokens = [self.token] + ([self.metrics_token] if self.metrics_token else [])
+        return any([is_authorized(header, token) for token in tokens])  # both compared
 
     def metrics_text(self) -> str:
         return self._metrics.exposition()
@@ -846,61 +1188,194 @@ class Receiver:
 # -- HTTP ------------------------------------------------------------------------------------
 
 
+class DeadlineReader(io.RawIOBase):
+    """A socket's bytes, each read bounded by one total deadline (not a per-read timeout):
+    a client that sends a byte a second is cut at the deadline as surely as a silent one."""
+
+    def __init__(self, sock: Any) -> None:
+        super().__init__()
+        self._sock = sock
+        self._deadline = time.monotonic()
+        self.what = "the request"
+        self.seconds = 0.0
+        #: Set when a read hit the deadline: what did not arrive in time, in words.
+        self.expired = ""
+
+    def start(self, seconds: float, what: str, since: float | None = None) -> None:
+        """From now on, reads end ``seconds`` after ``since`` (default: now)."""
+        self._deadline = (time.monotonic() if since is None else since) + seconds
+        self.seconds = seconds
+        self.what = what
+        self.expired = ""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        remaining = self._deadline - time.monotonic()
+        if remaining > 0:
+            self._sock.settimeout(remaining)
+            try:
+                return self._sock.recv_into(buffer)
+            except TimeoutError:
+                pass
+        self.expired = f"{self.what} did not arrive within {self.seconds:g} s"
+        raise TimeoutError(self.expired)
+
+
 def make_handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
     """The request handler class of ``receiver``'s HTTP interface."""
+    config = receiver.config
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "llmfleet-receiver"
         protocol_version = "HTTP/1.1"
+        #: The reader of the request, with its deadlines (set up per connection).
+        reader: DeadlineReader
+
+        def setup(self) -> None:
+            super().setup()
+            self.rfile.close()  # the buffered file over the socket: replaced by one with deadlines
+            self.reader = DeadlineReader(self.connection)
+            self.rfile = io.BufferedReader(self.reader)
+
+        def handle_one_request(self) -> None:
+            self.request_started = time.monotonic()
+            self.answered = False
+            self.reader.start(config.header_timeout_seconds, "the request line and headers")
+            super().handle_one_request()  # http.server closes the connection on a timeout
+            if self.reader.expired and not self.answered:
+                for name, value in (("request_version", "HTTP/1.1"), ("requestline", "")):
+                    if not getattr(self, name, ""):
+                        setattr(self, name, value)
+                self.command = getattr(self, "command", None) or ""
+                with contextlib.suppress(OSError):
+                    self._refuse(408, "timeout", f"{self.reader.expired}; the connection is closed")
+
+        def send_response(self, code: int, message: str | None = None) -> None:
+            self.connection.settimeout(WRITE_TIMEOUT_S)
+            super().send_response(code, message)
+
+        def send_error(
+            self, code: int, message: str | None = None, explain: str | None = None
+        ) -> None:
+            """http.server's own refusals (a malformed request line, too many headers), as
+            JSON like the others."""
+            self.close_connection = True
+            reason = message or HTTPStatus(code).phrase
+            self._refuse(code, "bad_request", f"{reason} ({explain})" if explain else reason)
 
         def _send(self, code: int, body: str, content_type: str = "application/json") -> None:
             data = body.encode("utf-8")
+            self.answered = True
+            self.close_connection = True  # one request per connection: no idle connection waits
             self.send_response(code)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
+            self.send_header("Connection", "close")
             if code == 401:
                 self.send_header("WWW-Authenticate", 'Bearer realm="llmfleet"')
             self.end_headers()
-            self.wfile.write(data)
+            if self.command != "HEAD":
+                self.wfile.write(data)
 
-        def _error(self, code: int, message: str) -> None:
-            self._send(code, json.dumps({"error": message}) + "\n")
+        def _error(self, code: int, message: str, **extra: Any) -> None:
+            self._send(code, json.dumps({"error": message, **extra}) + "\n")
+
+        def _refuse(self, code: int, reason: str, message: str, **extra: Any) -> None:
+            receiver.count_refused(reason)
+            self._error(code, message, **extra)
+
+        def _unauthorized(self) -> None:
+            receiver.log_unauthorized(self.client_address[0], self.path)
+            self._refuse(401, "unauthorized", "a valid Authorization: Bearer token is required")
 
         def do_GET(self) -> None:
             if self.path == "/health":
                 self._send(200, "ok\n", "text/plain; charset=utf-8")
             elif self.path == "/metrics":
+                if not receiver.may_read_metrics(self.headers.get("Authorization")):
+                    self._unauthorized()
+                    return
                 self._send(200, receiver.metrics_text(), METRICS_CONTENT_TYPE)
             else:
-                self._error(404, f"no {self.path} here (GET /metrics, GET /health)")
+                self._refuse(404, "not_found", f"no {self.path} here (GET /metrics, GET /health)")
 
         def do_POST(self) -> None:
             if self.path != WEBHOOK_PATH:
-                self._error(404, f"no {self.path} here (POST {WEBHOOK_PATH})")
+                self._refuse(404, "not_found", f"no {self.path} here (POST {WEBHOOK_PATH})")
                 return
-            length_text = self.headers.get("Content-Length")
             if not is_authorized(self.headers.get("Authorization"), receiver.token):
-                receiver.log_unauthorized(self.client_address[0], self.path)
-                self.close_connection = True
-                self._error(401, "a valid Authorization: Bearer token is required")
+                self._unauthorized()
                 return
-            if length_text is None or not length_text.isdigit():
-                self.close_connection = True
-                self._error(411, "Content-Length is required")
+            length = self._content_length()
+            if length is None:
                 return
-            length = int(length_text)
-            if length > MAX_BODY_BYTES:
-                self.close_connection = True
-                self._error(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+            content_type = (
+                self.headers.get_content_type() if "Content-Type" in self.headers else None
+            )
+            if content_type != "application/json":
+                given = self.headers.get("Content-Type")
+                self._refuse(
+                    415,
+                    "unsupported_media_type",
+                    f"Content-Type must be application/json, not {given!r}",
+                )
                 return
-            body = self.rfile.read(length)
+            self.reader.start(
+                config.request_timeout_seconds, "the request body", since=self.request_started
+            )
             try:
-                decisions = receiver.handle_payload(json.loads(body))
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                self._error(400, f"the body is not JSON: {exc}")
+                body = self.rfile.read(length)
+            except (TimeoutError, OSError) as exc:
+                self._refuse(408, "timeout", f"{exc}; the request is dropped")
                 return
+            if len(body) < length:
+                self._refuse(
+                    400, "bad_request", f"the body ended after {len(body)} of {length} bytes"
+                )
+                return
+            self._decide(body)
+
+        def _content_length(self) -> int | None:
+            """The request's Content-Length; None when it was refused (answered here)."""
+            if "Transfer-Encoding" in self.headers:
+                given = self.headers["Transfer-Encoding"]
+                self._refuse(
+                    411,
+                    "length_required",
+                    f"Transfer-Encoding {given!r} is not taken: send a Content-Length",
+                )
+                return None
+            lengths = set(self.headers.get_all("Content-Length") or [])
+            text = next(iter(lengths)) if len(lengths) == 1 else ""
+            if not text.isdigit():
+                shown = ", ".join(sorted(lengths)) or "missing"
+                self._refuse(
+                    411, "length_required", f"one Content-Length is required, not {shown!r}"
+                )
+                return None
+            if int(text) > config.max_body_bytes:
+                self._refuse(
+                    413,
+                    "too_large",
+                    f"the body of {int(text)} bytes is larger than {config.max_body_bytes} "
+                    "bytes (limits.max_body_bytes)",
+                )
+                return None
+            return int(text)
+
+        def _decide(self, body: bytes) -> None:
+            try:
+                decisions = receiver.handle_payload(parse_body(body, config.max_json_depth))
             except PayloadError as exc:
-                self._error(400, str(exc))
+                self._refuse(400, "bad_request", str(exc))
+                return
+            except Refused as exc:
+                self._refuse(422, "not_a_host", str(exc), refused=exc.refusals)
+                return
+            except InventoryError as exc:  # Alertmanager retries a 5xx
+                self._refuse(503, "inventory_unavailable", f"cannot list the inventory: {exc}")
                 return
             except OSError as exc:  # the cool-down state could not be saved: nothing was queued
                 self._error(500, f"cannot save the cool-down state: {exc}")
@@ -912,9 +1387,9 @@ def make_handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
             self._send(200, json.dumps({"decisions": summary}) + "\n")
 
         def do_PUT(self) -> None:
-            self._error(405, "only GET and POST")
+            self._refuse(405, "bad_request", f"{self.command} is not taken: only GET and POST")
 
-        do_DELETE = do_PATCH = do_PUT
+        do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = do_PUT
 
         def log_message(self, format: str, *args: Any) -> None:
             sys.stderr.write(f"{self.address_string()} {format % args}\n")
@@ -922,17 +1397,80 @@ def make_handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def make_server(receiver: Receiver, address: str, port: int) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer((address, port), make_handler(receiver))
-    server.daemon_threads = True
-    return server
+class ReceiverServer(ThreadingHTTPServer):
+    """A thread per connection, at most ``max_connections`` at once: one more is answered
+    503 at once and closed, from the accepting thread, with a short write timeout."""
+
+    daemon_threads = True
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        max_connections: int,
+        on_busy: Callable[[], None] = lambda: None,
+    ) -> None:
+        super().__init__(address, handler)
+        self.max_connections = max_connections
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._on_busy = on_busy
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self._answer_busy(request)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def _answer_busy(self, request: Any) -> None:
+        self._on_busy()
+        body = (
+            json.dumps(
+                {
+                    "error": f"busy: {self.max_connections} connections are served already "
+                    "(limits.max_connections); try again"
+                }
+            )
+            + "\n"
+        ).encode()
+        head = (
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+        ).encode()
+        try:
+            request.settimeout(1.0)
+            request.sendall(head + body)
+        except OSError:
+            pass
+
+
+def make_server(receiver: Receiver, address: str, port: int) -> ReceiverServer:
+    return ReceiverServer(
+        (address, port),
+        make_handler(receiver),
+        receiver.config.max_connections,
+        on_busy=lambda: receiver.count_refused("busy"),
+    )
 
 
 def serve(config: ReceiverConfig, run: RunFunction | None = None) -> int:
     """Run the receiver until SIGTERM or SIGINT; the running rollback is finished first."""
     token = read_token(config.token_file)
+    metrics_token = (
+        read_token(config.metrics_token_file) if config.metrics_token_file is not None else None
+    )
     runner = run if run is not None else (lambda request: run_rollback(config, request))
-    receiver = Receiver(config, token, runner)
+    receiver = Receiver(config, token, runner, metrics_token=metrics_token)
     server = make_server(receiver, config.address, config.port)
     stopping = threading.Event()
 

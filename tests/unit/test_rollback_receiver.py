@@ -25,6 +25,15 @@ from llmfleet.cli import main
 
 TOKEN = "s3cret-token-0123456789"
 NOW = 1_750_000_000.0
+#: The inventory the unit tests' receivers check hosts against (no ansible-inventory run).
+INVENTORY = rr.Inventory(
+    hosts=frozenset(f"gpu{number:02d}" for number in range(1, 10)),
+    groups=frozenset({"all", "ungrouped", "gpus"}),
+)
+
+
+def inventory() -> rr.Inventory:
+    return INVENTORY
 
 
 def alert(
@@ -316,8 +325,8 @@ def test_parse_config_reports_every_problem(tmp_path: Path) -> None:
     problems = caught.value.problems
     assert problems == [
         "unknown key 'inventroy' (known: ansible_cfg, cooldown_seconds, environment, extravars, "
-        "inventory, keep_runs, listen, log_file, playbook, project_dir, run_timeout_seconds, "
-        "state_dir, token_file)",
+        "inventory, inventory_cache_seconds, keep_runs, limits, listen, log_file, "
+        "metrics_token_file, playbook, project_dir, run_timeout_seconds, state_dir, token_file)",
         "unknown key listen.host (known: address, port)",
         "listen.port must be an integer from 1 to 65535, not 70000",
         "cooldown_seconds must be a number of seconds >= 0, not -1",
@@ -442,13 +451,15 @@ class Recorder:
 def test_cooldown_survives_a_restart(tmp_path: Path) -> None:
     config = make_config(tmp_path, cooldown_seconds=900)
     clock = [NOW]
-    first = rr.Receiver(config, TOKEN, Recorder(), clock=lambda: clock[0])
+    first = rr.Receiver(config, TOKEN, Recorder(), clock=lambda: clock[0], inventory=inventory)
     assert [d.decision for d in first.handle_payload(payload(alert("gpu01")))] == ["started"]
     assert first.wait_idle(5)
     first.stop(5)
 
     clock[0] = NOW + 600
-    second = rr.Receiver(config, TOKEN, recorder := Recorder(), clock=lambda: clock[0])
+    second = rr.Receiver(
+        config, TOKEN, recorder := Recorder(), clock=lambda: clock[0], inventory=inventory
+    )
     decisions = second.handle_payload(payload(alert("gpu01:9100")))
     assert [d.decision for d in decisions] == ["skipped_cooldown"]
     clock[0] = NOW + 901
@@ -462,7 +473,7 @@ def test_cooldown_survives_a_restart(tmp_path: Path) -> None:
 def test_stop_drops_queued_rollbacks_and_clears_their_cooldown(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     recorder = Recorder(block=True)
-    receiver = rr.Receiver(config, TOKEN, recorder, clock=lambda: NOW)
+    receiver = rr.Receiver(config, TOKEN, recorder, clock=lambda: NOW, inventory=inventory)
     receiver.handle_payload(payload(alert("gpu01"), alert("gpu02")))
     assert recorder.entered.wait(5)
     stopper = threading.Thread(target=receiver.stop, args=(10,))
@@ -489,7 +500,7 @@ def test_a_failing_run_function_is_counted_and_the_worker_goes_on(tmp_path: Path
         calls.append(request.host)
         raise RuntimeError("no runner")
 
-    receiver = rr.Receiver(config, TOKEN, explode, clock=lambda: NOW)
+    receiver = rr.Receiver(config, TOKEN, explode, clock=lambda: NOW, inventory=inventory)
     receiver.handle_payload(payload(alert("gpu01"), alert("gpu02")))
     assert receiver.wait_idle(5)
     receiver.stop(5)
@@ -537,6 +548,7 @@ def test_metrics_parse_back_and_each_receiver_counts_alone() -> None:
     assert {name: f.type for name, f in families.items()} == {
         "llmfleet_rollbacks": "counter",
         "llmfleet_rollback_alerts": "counter",
+        "llmfleet_rollback_requests_refused": "counter",
     }
     [run] = families["llmfleet_rollbacks"].samples
     assert (run.name, run.labels, run.value) == (
@@ -596,6 +608,10 @@ def test_prune_runs_keeps_the_newest(tmp_path: Path) -> None:
 # -- the HTTP interface, on a real local server ----------------------------------------------
 
 
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
 class Served:
     def __init__(self, receiver: rr.Receiver, port: int) -> None:
         self.receiver = receiver
@@ -625,8 +641,8 @@ class Served:
         )
         return status, json.loads(body)
 
-    def metrics(self) -> dict[str, float]:
-        status, body, _ = self.request("GET", "/metrics")
+    def metrics(self, token: str = TOKEN) -> dict[str, float]:
+        status, body, _ = self.request("GET", "/metrics", headers=bearer(token))
         assert status == 200
         return prometheus_samples(body.decode())
 
@@ -636,7 +652,9 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
     with contextlib.ExitStack() as running:
 
         def start(run: rr.RunFunction, **overrides: Any) -> Served:
-            receiver = rr.Receiver(make_config(tmp_path, **overrides), TOKEN, run)
+            receiver = rr.Receiver(
+                make_config(tmp_path, **overrides), TOKEN, run, inventory=inventory
+            )
             return Served(receiver, running.enter_context(receiver_on_loopback(receiver)))
 
         yield start
@@ -738,7 +756,7 @@ def test_http_failed_runs_are_counted_as_failed(serve: Callable[..., Served]) ->
 def test_http_bad_requests(serve: Callable[..., Served]) -> None:
     recorder = Recorder()
     served = serve(recorder)
-    auth = {"Authorization": f"Bearer {TOKEN}"}
+    auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
     status, body, _ = served.request("POST", "/alertmanager", b"{not json", auth)
     assert status == 400
     assert json.loads(body)["error"].startswith("the body is not JSON")
@@ -754,7 +772,7 @@ def test_http_bad_requests(serve: Callable[..., Served]) -> None:
     assert status == 405
     status, body, _ = served.request("GET", "/health")
     assert (status, body) == (200, b"ok\n")
-    status, _, response = served.request("GET", "/metrics")
+    status, _, response = served.request("GET", "/metrics", headers=bearer(TOKEN))
     assert response.getheader("Content-Type") == "text/plain; version=0.0.4; charset=utf-8"
     assert served.request("GET", "/nothing")[0] == 404
     assert recorder.requests == []
@@ -780,7 +798,7 @@ def test_an_unwritable_log_goes_to_stderr_and_the_rollback_still_runs(
     config = make_config(tmp_path, log_file=tmp_path / "log-is-a-folder")
     config.log_file.mkdir()
     recorder = Recorder()
-    receiver = rr.Receiver(config, TOKEN, recorder, clock=lambda: NOW)
+    receiver = rr.Receiver(config, TOKEN, recorder, clock=lambda: NOW, inventory=inventory)
     receiver.handle_payload(payload(alert("gpu01")))
     assert receiver.wait_idle(5)
     receiver.stop(5)
