@@ -1262,6 +1262,8 @@ def make_handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
             """http.server's own refusals (a malformed request line, too many headers), as
             JSON like the others."""
             self.close_connection = True
+            if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":
+                self.request_version = "HTTP/1.1"  # a request line that did not parse: answer
             reason = message or HTTPStatus(code).phrase
             self._refuse(code, "bad_request", f"{reason} ({explain})" if explain else reason)
 
@@ -1402,6 +1404,9 @@ class ReceiverServer(ThreadingHTTPServer):
     503 at once and closed, from the accepting thread, with a short write timeout."""
 
     daemon_threads = True
+    #: The listen backlog: a burst of connections waits to be accepted (and answered 503)
+    #: rather than dropped by the kernel (socketserver's default is 5).
+    request_queue_size = 128
 
     def __init__(
         self,
