@@ -90,12 +90,15 @@ run_local() {
   prepare
   say "the CI bundle (scripts/ci-bundle.sh: built once, then reused)"
   scripts/ci-bundle.sh >/dev/null
-  # The local service asks for an API key like every site's: a random one, made
-  # once and kept (mode 0600) beside the bundle; inventories/local reads it.
-  if [[ ! -s $LLMFLEET_CACHE/local-api-key ]]; then
+  # The local service asks for an API key, and its metrics for a password, like
+  # every site's: random ones, made once and kept (mode 0600) beside the bundle;
+  # inventories/local reads them.
+  local secret
+  for secret in local-api-key local-metrics-password; do
+    [[ -s $LLMFLEET_CACHE/$secret ]] && continue
     (umask 077 && "$venv/bin/python" -c 'import secrets; print(secrets.token_urlsafe(32))' \
-      >"$LLMFLEET_CACHE/local-api-key")
-  fi
+      >"$LLMFLEET_CACHE/$secret")
+  done
   local network=llmfleet-local mirror=llmfleet-mirror host=llmfleet-local
   say "starting the disposable containers $mirror and $host on the internal network $network"
   docker rm -f "$mirror" "$host" >/dev/null 2>&1 || true

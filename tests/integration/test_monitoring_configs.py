@@ -10,6 +10,7 @@ unpacked by scripts/debian-tool.sh (never installed).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -85,6 +86,11 @@ def check_prometheus(promtool: str, out: Path) -> dict[str, Any]:
     config = yaml.safe_load(text)
     assert config["rule_files"] == [RULES_DEST]
     local = text.replace(RULES_DEST, str(out / "rules" / "*.rules.yml"))
+    # promtool checks that the token and password files exist: stand-ins for the host's.
+    for secret in sorted(set(re.findall(r"(?:credentials|password)_file: (\S+)", text))):
+        stand_in = out / Path(secret).name
+        stand_in.write_text("stand-in\n")
+        local = local.replace(secret, str(stand_in))
     (out / "prometheus-local.yml").write_text(local)
     result = subprocess.run(
         [promtool, "check", "config", str(out / "prometheus-local.yml")],
@@ -134,13 +140,15 @@ def test_example_targets_are_one_per_fleet_host_and_job(promtool: str, example: 
     config = check_prometheus(promtool, example)
     fleet = example_fleet()
     assert len(fleet) == 3
-    ports = {"node": 9100, "mtail": 3903, "llmfleet-frontdoor": 9180, "llmfleet-engine": 9180}
+    # mtail listens on loopback only: Prometheus reads it through the front door's metrics port.
+    ports = {"node": 9100, "mtail": 9180, "llmfleet-frontdoor": 9180, "llmfleet-engine": 9180}
     for job in FLEET_JOBS:
         expected = sorted((name, f"{address}:{ports[job]}") for name, address in fleet.items())
         assert sorted(targets(config, job)) == expected, job
     jobs = {entry["job_name"]: entry for entry in config["scrape_configs"]}
     assert jobs["llmfleet-engine"]["metrics_path"] == "/engine/metrics"
     assert jobs["llmfleet-frontdoor"]["metrics_path"] == "/metrics"
+    assert jobs["mtail"]["metrics_path"] == "/mtail/metrics"
     assert targets(config, "llmfleet-rollback-receiver") == [("localhost", "127.0.0.1:9095")]
     assert "node-dcgm-exporter" not in jobs
     assert config["global"]["scrape_interval"] == "15s"
@@ -238,6 +246,25 @@ def test_host_ports_and_the_dcgm_exporter_come_from_the_inventory(
         ("gpu-dcgm", "10.0.0.5:19100"),
         ("gpu-v6", "[fd00::7]:9100"),
     ]
-    assert targets(config, "node-dcgm-exporter") == [("gpu-dcgm", "10.0.0.5:9400")]
+    # The DCGM exporter listens on loopback only: read through the front door's metrics port.
+    assert targets(config, "node-dcgm-exporter") == [("gpu-dcgm", "10.0.0.5:9180")]
     (dcgm,) = [e for e in config["scrape_configs"] if e["job_name"] == "node-dcgm-exporter"]
+    assert dcgm["metrics_path"] == "/dcgm/metrics"
     assert {"target_label": "job", "replacement": "node"} in dcgm["relabel_configs"]
+
+
+def test_every_scrape_and_alertmanager_ask_for_credentials(promtool: str, tmp_path: Path) -> None:
+    extra = {"llmfleet_metrics_password": "a-test-password", "llmfleet_metrics_user": "scraper"}
+    config = check_prometheus(promtool, render(tmp_path, EXAMPLE, extra))
+    auth = {"username": "scraper", "password_file": "/etc/prometheus/llmfleet-metrics.password"}
+    jobs = {entry["job_name"]: entry for entry in config["scrape_configs"]}
+    for name, job in jobs.items():
+        if name == "llmfleet-rollback-receiver":
+            assert job["authorization"] == {
+                "credentials_file": "/etc/prometheus/llmfleet-receiver.token"
+            }
+        else:
+            assert job["basic_auth"] == auth, name
+    assert config["alerting"]["alertmanagers"][0]["basic_auth"] == auth
+    text = (tmp_path / "out" / "prometheus.yml").read_text()
+    assert "a-test-password" not in text
