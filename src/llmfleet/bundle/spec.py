@@ -298,7 +298,7 @@ SCHEMA = strict_mapping(
             "type": "string",
             "pattern": NAME_RE,
             "message": NAME_MESSAGE,
-            "missing": NAME_MESSAGE.format(value=None),
+            "missing": "is required (the bundle's name: letters, digits, '.', '_' or '-')",
         },
         "apt": {"type": ["array", "null"], "items": APT_REPO, "message": LIST},
         "files": {"type": ["array", "null"], "items": FILE, "message": LIST},
