@@ -24,6 +24,12 @@ BASE_CMAKE_ARGS = (
 )
 
 
+#: What a build holds: the server, the quantizer (a new model version from an old one, on
+#: the host), and llama.cpp's own benchmarks (the decode and prefill ceilings, the
+#: batched-decode curve), so every host can measure its engine without any download.
+TARGETS = ("llama-server", "llama-quantize", "llama-bench", "llama-batched-bench")
+
+
 class PlanError(ValueError):
     """The plan cannot be made; the message names the variable to set."""
 
@@ -53,7 +59,7 @@ def engine_plan(
     version: str = "",
     machine: str = "x86_64",
 ) -> dict[str, Any]:
-    """What to build: {variant, cuda_architectures, cmake_args, fingerprint, build_id}."""
+    """What to build: {variant, cuda_architectures, cmake_args, targets, fingerprint, build_id}."""
     gpus = hardware.get("gpus") or []
     if variant == "auto":
         variant = "cuda" if gpus and nvcc_present else "cpu"
@@ -73,12 +79,15 @@ def engine_plan(
     else:
         args += ["-DGGML_CUDA=OFF"]
     args += list(extra_args or [])
-    fingerprint = hashlib.sha256("\n".join([version, machine, *args]).encode()).hexdigest()
+    fingerprint = hashlib.sha256(
+        "\n".join([version, machine, *args, *TARGETS]).encode()
+    ).hexdigest()
     label = variant if variant == "cpu" else "cuda" + archs.replace(";", "-")
     return {
         "variant": variant,
         "cuda_architectures": archs,
         "cmake_args": args,
+        "targets": list(TARGETS),
         "fingerprint": fingerprint,
         "build_id": f"{version}-{label}-{machine}-{fingerprint[:8]}",
     }

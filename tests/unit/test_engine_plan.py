@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 from pathlib import Path
 
@@ -68,3 +69,19 @@ def test_other_flags_make_another_build() -> None:
     tuned = engine.engine_plan(NO_GPU, version="0.3.36", extra_args=["-DGGML_AVX512=ON"])
     assert plain["build_id"] != tuned["build_id"]
     assert plain == engine.engine_plan(NO_GPU, version="0.3.36")
+
+
+def test_a_build_holds_the_server_the_quantizer_and_the_benchmarks() -> None:
+    plan = engine.engine_plan({}, version="0.3.36")
+    assert plan["targets"] == [
+        "llama-server",
+        "llama-quantize",
+        "llama-bench",
+        "llama-batched-bench",
+    ]
+    fewer = hashlib.sha256(
+        "\n".join(
+            ["0.3.36", "x86_64", *plan["cmake_args"], "llama-server", "llama-quantize"]
+        ).encode()
+    ).hexdigest()
+    assert plan["fingerprint"] != fewer  # the targets are part of what makes a build id
