@@ -9,6 +9,20 @@ from __future__ import annotations
 
 from typing import Any
 
+#: Requests decoded together when the inventory does not say (the tuner may choose
+#: otherwise): enough that a few clients arriving together do not queue behind each other,
+#: more where the GPUs have room for them.
+SLOTS_BY_TIER = {"cpu": 4, "base": 4, "standard": 8, "pro": 8, "enterprise": 16}
+FLASH_ATTENTION = ("auto", "on", "off")
+
+
+def _count(value: Any, fallback: int) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        return fallback
+    return number if number > 0 else fallback
+
 
 def serving_config(
     hardware: dict[str, Any],
@@ -34,6 +48,11 @@ def serving_config(
         max_memory = {"cpu": f"{max(ram - headroom, 0)}MiB"}
         tensor_split = []
         gpu_layers = 0
+    threads = _count(settings.get("threads"), 2)
+    slots = settings.get("parallel_slots") or SLOTS_BY_TIER.get(str(model.get("tier")), 4)
+    flash = str(settings.get("flash_attention") or "auto")
+    if flash not in FLASH_ATTENTION:
+        raise ValueError(f"flash_attention is {flash!r}; allowed: {', '.join(FLASH_ATTENTION)}")
     return {
         "model": {"name": model["name"], "path": model["path"], "tier": model.get("tier")},
         "device_map": device_map,
@@ -42,10 +61,15 @@ def serving_config(
         "tensor_parallel_degree": max(len(gpus), 1),
         "tensor_split": tensor_split,
         "n_gpu_layers": gpu_layers,
-        "batch_size": int(settings.get("batch_size", 512)),
-        "parallel_slots": int(settings.get("parallel_slots", 2)),
+        "batch_size": int(settings.get("batch_size") or 2048),
+        "ubatch_size": int(settings.get("ubatch_size") or 512),
+        "parallel_slots": int(slots),
+        "kv_unified": bool(settings.get("kv_unified", True)),
+        "flash_attention": flash,
         "context_length": int(context),
-        "threads": int(settings.get("threads", 2)),
+        "threads": threads,
+        "threads_batch": _count(settings.get("threads_batch"), threads),
+        "numa": "distribute" if _count(settings.get("numa_nodes"), 1) > 1 else None,
         "bind_address": settings.get("bind_address", "127.0.0.1"),
         "port": int(settings.get("port", 8080)),
         "metrics": True,
@@ -67,8 +91,12 @@ def llama_server_args(
         *address,
         "--ctx-size", str(config["context_length"]),
         "--parallel", str(config["parallel_slots"]),
+        "--kv-unified" if config.get("kv_unified", True) else "--no-kv-unified",
         "--batch-size", str(config["batch_size"]),
+        "--ubatch-size", str(config.get("ubatch_size", 512)),
         "--threads", str(config["threads"]),
+        "--threads-batch", str(config.get("threads_batch", config["threads"])),
+        "--flash-attn", str(config.get("flash_attention", "auto")),
         "--n-gpu-layers", str(config["n_gpu_layers"]),
         "--cache-type-k", config["precision"],
         "--cache-type-v", config["precision"],
@@ -80,6 +108,8 @@ def llama_server_args(
             "--tensor-split",
             ",".join(map(str, config["tensor_split"])),
         ]
+    if config.get("numa"):
+        args += ["--numa", str(config["numa"])]
     if config.get("metrics"):
         args.append("--metrics")
     if api_key_file:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 PLUGIN = Path(__file__).resolve().parents[2] / "plugins" / "filter" / "llmfleet_service.py"
 spec = importlib.util.spec_from_file_location("llmfleet_service_filters", PLUGIN)
 assert spec and spec.loader
@@ -75,3 +77,38 @@ def test_color_args_carry_the_model_path_and_no_address() -> None:
     assert "--host" not in args
     assert "--port" not in args
     assert "--metrics" in args
+
+
+def test_defaults_without_tuning() -> None:
+    """Physical cores decode, every CPU takes prompts, one KV buffer, llama.cpp's batch, and the
+    slots of the tier; --numa distribute only on a host with more than one NUMA node."""
+    hardware = {"driver_loaded": False, "gpus": [], "memory_total_mib": 24105}
+    model = {**MODEL, "tier": "cpu"}
+    config = service.serving_config(hardware, model, {"threads": 8, "threads_batch": 16})
+    assert (config["threads"], config["threads_batch"]) == (8, 16)
+    assert (config["batch_size"], config["ubatch_size"]) == (2048, 512)
+    assert config["parallel_slots"] == 4
+    assert config["kv_unified"] is True
+    assert config["numa"] is None
+    args = service.llama_server_args(config)
+    for flag, value in [
+        ("--threads", "8"),
+        ("--threads-batch", "16"),
+        ("--parallel", "4"),
+        ("--batch-size", "2048"),
+        ("--ubatch-size", "512"),
+        ("--flash-attn", "auto"),
+    ]:
+        assert args[args.index(flag) + 1] == value
+    assert "--kv-unified" in args
+    assert "--numa" not in args
+    standard = service.serving_config(hardware, {**MODEL, "tier": "standard"}, {"numa_nodes": 2})
+    assert standard["parallel_slots"] == 8
+    numa_args = service.llama_server_args(standard)
+    assert numa_args[numa_args.index("--numa") + 1] == "distribute"
+
+
+def test_a_bad_flash_attention_value_is_named() -> None:
+    hardware = {"driver_loaded": False, "gpus": [], "memory_total_mib": 1024}
+    with pytest.raises(ValueError, match="flash_attention is 'yes'; allowed: auto, on, off"):
+        service.serving_config(hardware, MODEL, {"flash_attention": "yes"})
