@@ -212,7 +212,10 @@ def cmd_receiver(args: argparse.Namespace) -> int:
     if args.check:
         print(
             f"{args.config}: valid; would listen on {config.address}:{config.port}, "
-            f"run {config.playbook} against {config.inventory}"
+            f"run {config.playbook} against {config.inventory}; at most "
+            f"{config.max_connections} connections, headers within "
+            f"{config.header_timeout_seconds:g} s, requests within "
+            f"{config.request_timeout_seconds:g} s, bodies up to {config.max_body_bytes} bytes"
         )
         return 0
     try:
@@ -232,7 +235,10 @@ def add_receiver_parser(commands: argparse._SubParsersAction) -> None:  # type: 
         f"{rollback_receiver.WEBHOOK_PATH} (Authorization: Bearer, from token_file). For each "
         "firing alert labelled action=rollback, run the rollback playbook with --limit set to "
         "the alert's instance (its :port removed), one run at a time and at most once per host "
-        "per cooldown_seconds. GET /metrics exports the counters, GET /health answers 200.",
+        "per cooldown_seconds; an alert naming a pattern, a group or a host the inventory lacks "
+        "is answered 422 before anything is recorded. Connections, bodies and their time are "
+        "bounded (limits: in the configuration). GET /metrics exports the counters (Bearer: the "
+        "metrics_token_file's or the webhook's token), GET /health answers 200 to anyone.",
     )
     parser.add_argument(
         "--config", required=True, metavar="PATH", help="the receiver's YAML configuration"

@@ -807,3 +807,135 @@ def test_an_unwritable_log_goes_to_stderr_and_the_rollback_still_runs(
     assert len(lines) == 2
     assert json.loads(lines[0].split("): ", 1)[1])["decision"] == "started"
     assert json.loads(lines[1].split("): ", 1)[1])["event"] == "finished"
+
+
+# -- limits, the metrics token, the inventory check --------------------------------------------
+
+
+def test_parse_config_limits_defaults_and_values(tmp_path: Path) -> None:
+    required = {"token_file": "t", "playbook": "p.yml", "inventory": "i"}
+    config = rr.parse_config(required, tmp_path)
+    assert (config.max_connections, config.max_body_bytes, config.max_json_depth) == (
+        16,
+        1024 * 1024,
+        16,
+    )
+    assert (config.header_timeout_seconds, config.request_timeout_seconds) == (10.0, 30.0)
+    assert (config.metrics_token_file, config.inventory_cache_seconds) == (None, 60.0)
+    config = rr.parse_config(
+        {
+            **required,
+            "metrics_token_file": "metrics.token",
+            "inventory_cache_seconds": 0,
+            "limits": {
+                "max_connections": 4,
+                "header_timeout_seconds": 2.5,
+                "request_timeout_seconds": 5,
+                "max_body_bytes": 65536,
+                "max_json_depth": 8,
+            },
+        },
+        tmp_path,
+    )
+    assert config.metrics_token_file == tmp_path / "metrics.token"
+    assert (config.max_connections, config.max_body_bytes, config.max_json_depth) == (4, 65536, 8)
+    assert (config.header_timeout_seconds, config.request_timeout_seconds) == (2.5, 5.0)
+
+
+def test_parse_config_names_bad_limits(tmp_path: Path) -> None:
+    required = {"token_file": "t", "playbook": "p.yml", "inventory": "i"}
+    with pytest.raises(rr.ConfigError) as caught:
+        rr.parse_config(
+            {
+                **required,
+                "limits": {
+                    "max_connections": 0,
+                    "header_timeout_seconds": 0,
+                    "max_json_depth": 1000,
+                    "max_body": 1,
+                },
+            },
+            tmp_path,
+        )
+    assert caught.value.problems == [
+        "unknown key limits.max_body (known: header_timeout_seconds, max_body_bytes, "
+        "max_connections, max_json_depth, request_timeout_seconds)",
+        "limits.max_connections must be an integer from 1 to 1024, not 0",
+        "limits.header_timeout_seconds must be a number of seconds above 0 and at most 3600, not 0",
+        "limits.max_json_depth must be an integer from 4 to 100, not 1000",
+    ]
+    with pytest.raises(rr.ConfigError) as caught:
+        rr.parse_config(
+            {**required, "limits": {"header_timeout_seconds": 20, "request_timeout_seconds": 5}},
+            tmp_path,
+        )
+    assert caught.value.problems == [
+        "limits.request_timeout_seconds (5) must be at least limits.header_timeout_seconds "
+        "(20): the headers are part of the request"
+    ]
+
+
+def test_load_config_reads_the_metrics_token(tmp_path: Path) -> None:
+    path = write_config(tmp_path, metrics_token_file="metrics.token")
+    with pytest.raises(rr.ConfigError) as caught:
+        rr.load_config(path)
+    assert caught.value.problems == [
+        f"cannot read the token file {tmp_path / 'metrics.token'}: No such file or directory"
+    ]
+    (tmp_path / "metrics.token").write_text("scrape-token\n")
+    assert rr.load_config(path).metrics_token_file == tmp_path / "metrics.token"
+
+
+@pytest.mark.parametrize(
+    ("text", "depth"),
+    [
+        ('{"a": [1, {"b": "[[[[{{{{"}]}', 3),
+        ('["\\"[[[", ["\\\\", [[]]]]', 4),
+        ("[]", 1),
+        ('"no brackets"', 0),
+        ("[" * 50, 11),
+    ],
+)
+def test_json_depth_skips_strings_and_stops_past_the_limit(text: str, depth: int) -> None:
+    assert rr.json_depth(text, 10) == depth
+
+
+def test_the_inventory_cache_lists_again_when_a_file_changes_or_it_is_old(tmp_path: Path) -> None:
+    inventory = tmp_path / "inventory"
+    (inventory / "group_vars").mkdir(parents=True)
+    (inventory / "hosts.yml").write_text("all: {}\n")
+    clock = [0.0]
+    listed: list[int] = []
+
+    def lister() -> rr.Inventory:
+        listed.append(1)
+        return INVENTORY
+
+    cache = rr.InventoryCache(inventory, 60, lister, clock=lambda: clock[0])
+    assert cache() == INVENTORY
+    assert cache() == INVENTORY
+    assert len(listed) == 1, "reused while nothing changed"
+    (inventory / "group_vars" / "all.yml").write_text("x: 1\n")
+    cache()
+    assert len(listed) == 2, "a new file: listed again"
+    clock[0] = 61
+    cache()
+    assert len(listed) == 3, "older than inventory_cache_seconds: listed again"
+
+
+def test_refusals_list_the_inventory_only_for_alerts_that_would_roll_back() -> None:
+    calls: list[int] = []
+
+    def counted() -> rr.Inventory:
+        calls.append(1)
+        return INVENTORY
+
+    quiet = rr.parse_payload(payload(alert("x*", status="resolved"), alert("all", action="notify")))
+    assert rr.refusals(quiet, counted, Path("hosts.yml")) == []
+    assert calls == [], "no rollback alert: no inventory listing"
+    loud = rr.parse_payload(payload(alert("gpu01"), alert("gpu99"), alert("gpus")))
+    assert [r["instance"] for r in rr.refusals(loud, counted, Path("hosts.yml"))] == [
+        "gpu99",
+        "gpus",
+    ]
+    assert calls == [1], "listed once per payload"
