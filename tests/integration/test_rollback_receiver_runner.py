@@ -63,7 +63,7 @@ def alert(instance: str, fingerprint: str, name: str = "EngineErrorRate") -> dic
     }
 
 
-def post(port: int, alerts: list[dict[str, Any]]) -> dict[str, Any]:
+def post(port: int, alerts: list[dict[str, Any]], expect: int = 200) -> dict[str, Any]:
     document = {"version": "4", "status": "firing", "alerts": alerts, "groupLabels": {}}
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
@@ -74,8 +74,9 @@ def post(port: int, alerts: list[dict[str, Any]]) -> dict[str, Any]:
             headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
         )
         response = connection.getresponse()
-        assert response.status == 200, response.read()
-        return json.loads(response.read())
+        body = response.read()
+        assert response.status == expect, body
+        return json.loads(body)
     finally:
         connection.close()
 
@@ -83,7 +84,7 @@ def post(port: int, alerts: list[dict[str, Any]]) -> dict[str, Any]:
 def metrics(port: int) -> dict[str, float]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        connection.request("GET", "/metrics")
+        connection.request("GET", "/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
         return prometheus_samples(connection.getresponse().read().decode())
     finally:
         connection.close()
@@ -150,26 +151,32 @@ def test_an_alert_rolls_back_only_its_host_once(
     site: Path, serve: Callable[[list[str]], tuple[rr.Receiver, int]]
 ) -> None:
     receiver, port = serve([])
+    # A group name never becomes a wider --limit: the inventory check refuses it before
+    # anything is recorded (no cool-down spent, no log line, no series).
+    refused = post(port, [alert("fleet:9100", "fp-group")], expect=422)
+    assert refused["refused"] == [
+        {
+            "alertname": "EngineErrorRate",
+            "instance": "fleet:9100",
+            "reason": "fleet is a group of the inventory, not a host",
+        }
+    ]
     answer = post(
         port,
         [
             alert("alpha:9100", "fp-alpha"),
             alert("alpha:8080", "fp-alpha-2", name="EngineDown"),
-            alert("fleet:9100", "fp-group"),
         ],
     )
-    assert [d["decision"] for d in answer["decisions"]] == [
-        "started",
-        "skipped_cooldown",
-        "started",
-    ]
+    assert [d["decision"] for d in answer["decisions"]] == ["started", "skipped_cooldown"]
     assert receiver.wait_idle(180), "the rollback runs did not finish in 180 s"
 
     assert sorted(path.name for path in (site / "marks").iterdir()) == ["alpha"]
     assert (site / "marks" / "alpha").read_text() == "alpha rolled back\n"
 
     finished = {r["host"]: r for r in records(receiver) if r["event"] == "finished"}
-    assert set(finished) == {"alpha", "fleet"}
+    assert set(finished) == {"alpha"}
+    assert all(r.get("host") != "fleet" for r in records(receiver))
     alpha = finished["alpha"]
     assert (alpha["result"], alpha["runner_status"], alpha["rc"]) == ("successful", "successful", 0)
     assert alpha["fingerprint"] == "fp-alpha"
@@ -181,39 +188,37 @@ def test_an_alert_rolls_back_only_its_host_once(
     command = json.loads((artifact / "command").read_text())["command"]
     assert command[command.index("--limit") + 1] == "alpha"
     assert str(site / "rollback.yml") in command
-    # A group name never becomes a wider --limit: the inventory check refuses it.
-    group = finished["fleet"]
-    assert (group["result"], group["runner_status"], group["rc"]) == ("failed", "rejected", None)
-    assert group["detail"] == "fleet is a group of the inventory, not a host"
 
     counters = metrics(port)
     assert counters['llmfleet_rollbacks_total{host="alpha",result="successful"}'] == 1
-    assert counters['llmfleet_rollbacks_total{host="fleet",result="failed"}'] == 1
-    assert counters['llmfleet_rollback_alerts_total{decision="started"}'] == 2
+    assert not any('host="fleet"' in name for name in counters)
+    assert counters['llmfleet_rollback_alerts_total{decision="started"}'] == 1
     assert counters['llmfleet_rollback_alerts_total{decision="skipped_cooldown"}'] == 1
+    assert counters['llmfleet_rollback_requests_refused_total{reason="not_a_host"}'] == 1
     state = json.loads((site / "state" / "cooldown.json").read_text())
-    assert set(state["last_rollback"]) == {"alpha", "fleet"}
+    assert set(state["last_rollback"]) == {"alpha"}
 
 
 def test_a_failing_rollback_is_recorded_as_failed(
     site: Path, serve: Callable[[list[str]], tuple[rr.Receiver, int]]
 ) -> None:
     receiver, port = serve(["beta"])
-    answer = post(port, [alert("beta", "fp-beta"), alert("gamma:9100", "fp-unknown")])
-    assert [d["decision"] for d in answer["decisions"]] == ["started", "started"]
+    refused = post(port, [alert("gamma:9100", "fp-unknown")], expect=422)
+    assert refused["refused"][0]["reason"] == (
+        f"gamma is not a host of the inventory {site / 'hosts.yml'}"
+    )
+    answer = post(port, [alert("beta", "fp-beta")])
+    assert [d["decision"] for d in answer["decisions"]] == ["started"]
     assert receiver.wait_idle(180), "the rollback runs did not finish in 180 s"
     assert list((site / "marks").iterdir()) == []
     finished = {r["host"]: r for r in records(receiver) if r["event"] == "finished"}
     assert finished["beta"]["result"] == "failed"
     assert finished["beta"]["runner_status"] == "failed"
     assert finished["beta"]["rc"] == 2
-    assert finished["gamma"]["runner_status"] == "rejected"
-    assert (
-        finished["gamma"]["detail"] == f"gamma is not a host of the inventory {site / 'hosts.yml'}"
-    )
+    assert "gamma" not in finished
     counters = metrics(port)
     assert counters['llmfleet_rollbacks_total{host="beta",result="failed"}'] == 1
-    assert counters['llmfleet_rollbacks_total{host="gamma",result="failed"}'] == 1
+    assert not any('host="gamma"' in name for name in counters)
 
 
 ROLE_VARS = {
