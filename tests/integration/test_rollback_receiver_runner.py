@@ -230,6 +230,8 @@ ROLE_VARS = {
     "rollback_receiver_environment": {"ANSIBLE_FORKS": "1"},
     "rollback_receiver_run_timeout_seconds": 1800,
     "rollback_receiver_keep_runs": 20,
+    "rollback_receiver_inventory_cache_seconds": 60,
+    "rollback_receiver_limits": {"max_connections": 16, "max_body_bytes": 1048576},
     "rollback_receiver_ansible_cfg": "",
     "rollback_receiver_project_dir": "",
 }
@@ -289,6 +291,7 @@ def test_the_role_templates_render_a_valid_configuration_and_unit(site: Path) ->
     assert config.environment == {"ANSIBLE_FORKS": "1"}
     assert (config.ansible_cfg, config.project_dir) == (None, None)
     assert (config.run_timeout_seconds, config.keep_runs) == (1800, 20)
+    assert (config.max_connections, config.max_body_bytes) == (16, 1048576)
 
     unit = (site / "llmfleet-rollback-receiver.service").read_text().splitlines()
     assert unit[1] == "# Ansible managed"
