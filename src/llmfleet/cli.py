@@ -11,18 +11,11 @@ from pathlib import Path
 
 from llmfleet import __version__
 from llmfleet.fileio import read_secret, write_atomic
-from llmfleet.report import format_table, load_fact_cache, report_rows
+from llmfleet.report_cli import add_report_arguments, run_report
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    hosts = load_fact_cache(Path(args.facts))
-    if not hosts:
-        print(
-            f"no host with llmfleet facts in {args.facts}: run the preflight first", file=sys.stderr
-        )
-        return 1
-    print(format_table(report_rows(hosts)))
-    return 0
+    return run_report(args)
 
 
 def cmd_bundle_build(args: argparse.Namespace) -> int:
@@ -469,11 +462,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"llmfleet {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     report = commands.add_parser(
-        "report", help="print the hardware report and tier of every host in the fact cache"
+        "report",
+        help="print the hardware report and tier of every host in the fact cache",
+        description="The table of every host in the fact cache: tier, GPUs, VRAM, memory "
+        "bandwidth, decode tokens/s, the active model; with the hardware evaluations, bench "
+        "results and, when given, Prometheus. --html writes it as one page that opens "
+        "offline, --json as data.",
     )
-    report.add_argument(
-        "--facts", default=".cache/facts", help="the jsonfile fact cache (default: .cache/facts)"
-    )
+    add_report_arguments(report)
     report.set_defaults(func=cmd_report)
     add_bundle_parser(commands)
     add_bench_parser(commands)
