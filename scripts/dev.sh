@@ -68,6 +68,7 @@ ensure_tools() {
   command -v debootstrap >/dev/null || missing+=(debootstrap)
   command -v apt-ftparchive >/dev/null || missing+=(apt-utils)
   command -v gpg >/dev/null || missing+=(gnupg)
+  command -v chromium >/dev/null || missing+=(chromium)
   ((${#missing[@]} == 0)) || apt_install "${missing[@]}"
 }
 
