@@ -118,7 +118,7 @@ def link_text(current: int | None, most: int | None, prefix: str = "") -> str:
 # -- plots -------------------------------------------------------------------------------------
 
 
-def _style() -> Any:
+def _style(colors: tuple[str, ...] = COLORS) -> Any:
     from pygal.style import Style
 
     return Style(
@@ -127,7 +127,7 @@ def _style() -> Any:
         foreground="#24292f",
         foreground_strong="#24292f",
         foreground_subtle="#8c959f",
-        colors=COLORS,
+        colors=colors,
         font_family=FONT_STACK,
         label_font_size=12,
         major_label_font_size=12,
@@ -209,6 +209,8 @@ def decode_plot(host: Mapping[str, Any], plot_id: str) -> dict[str, str] | None:
         y_title="tokens/s",
         include_x_axis=True,
         dots_size=4,
+        # the limit in a color of its own, apart from the guides' grey
+        style=_style((COLORS[0], COLORS[1], "#c2255c")),
         value_formatter=lambda value: f"{value:,.1f}",
     )
     chart.x_labels = [str(level["concurrency"]) for level in levels]
@@ -221,7 +223,7 @@ def decode_plot(host: Mapping[str, Any], plot_id: str) -> dict[str, str] | None:
         chart.add(
             "physical limit, one stream",
             [limit] * len(levels),
-            stroke_style={"dasharray": "6, 4", "width": 2},
+            stroke_style={"dasharray": "8, 5", "width": 3},
             show_dots=False,
         )
     caption = (
@@ -276,6 +278,7 @@ def vram_plot(host: Mapping[str, Any], plot_id: str) -> dict[str, str] | None:
         print_values=True,
         height=max(160, 90 + 44 * len(gpus)),
     )
+    gpus.reverse()  # pygal draws the first bar at the bottom: GPU 0 goes on top
     chart.x_labels = [f"GPU {gpu['index']}" for gpu in gpus]
     chart.add("used", [gpu["vram"]["used_mib"] / 1024 for gpu in gpus])
     chart.add("free", [gpu["vram"]["free_mib"] / 1024 for gpu in gpus])
@@ -346,6 +349,7 @@ def fraction_plot(report: Mapping[str, Any]) -> dict[str, str] | None:
         show_legend=False,
         height=max(160, 90 + 36 * len(hosts)),
     )
+    hosts.reverse()  # the first host on top
     chart.x_labels = [host["host"] for host in hosts]
     chart.add("decode / limit", [host["summary"]["fraction_of_limit"] * 100 for host in hosts])
     return _plot(
