@@ -27,7 +27,10 @@ BENCH_SCHEMA_FILE = SCHEMAS / "bench-2.schema.json"
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--facts", default=".cache/facts", help="the jsonfile fact cache (default: .cache/facts)"
+        "--facts",
+        default=".cache/facts",
+        metavar="DIR",
+        help="the jsonfile fact cache (default: .cache/facts)",
     )
     parser.add_argument(
         "--evaluations",
