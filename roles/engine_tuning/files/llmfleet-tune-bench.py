@@ -31,8 +31,15 @@ def main(argv: list[str]) -> int:
     document = run_benchmark(config)
     Path(output).write_text(json.dumps(document))
     level = document["levels"][0]
-    print(json.dumps({"succeeded": level["succeeded"], "failed": level["failed"],
-                      "output_tokens_per_s": level["throughput"]["output_tokens_per_s"]}))
+    print(
+        json.dumps(
+            {
+                "succeeded": level["succeeded"],
+                "failed": level["failed"],
+                "output_tokens_per_s": level["throughput"]["output_tokens_per_s"],
+            }
+        )
+    )
     return 0
 
 
