@@ -41,7 +41,7 @@ measured)::
     started_at   ISO 8601, UTC
     settings     requests_per_level, input_tokens, output_tokens, ignore_eos, temperature,
                  seed, prompt_cache, model, timeout_s, time_limit_s, warmup, api_key (bool),
-                 metrics_url (null: not read), objectives {metric: limit_s},
+                 metrics_url (null: not read), metrics_auth (bool), objectives {metric: limit_s},
                  levels [{mode, concurrency, rate, max_in_flight}],
                  percentiles {method, rule, min_samples {p50: 2, p90: 10, p99: 100}}
     warmup       null, or {ok, status, e2e_s, ttft_s, completion_tokens, error}
@@ -73,6 +73,7 @@ timeouts, refused connections).
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import ssl
@@ -215,10 +216,12 @@ class Level:
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """Everything a run needs. The API key is used in headers only and never reported.
+    """Everything a run needs. The secrets are used in headers only and never reported.
 
-    `metrics_url`: None reads `default_metrics_url`; `read_metrics` False reads none. The key
-    goes to the metrics URL only when it names the endpoint's host. `prompt_cache` False (the
+    `metrics_url`: None reads `default_metrics_url`; `read_metrics` False reads none. The
+    metrics are read with `metrics_auth` (``USER:PASSWORD``, HTTP basic auth) when it is set,
+    as the front door's metrics port asks; otherwise with the API key, but only when the
+    metrics URL names the endpoint's host. `prompt_cache` False (the
     default) sends llama-server's ``"cache_prompt": false``: every prompt is computed whole,
     whatever the server kept from earlier runs (its RAM prompt cache outlives a run, so a
     second run with the same seed would otherwise find its prompts cached).
@@ -239,6 +242,7 @@ class BenchConfig:
     model: str | None = None
     warmup: bool = True
     api_key: str | None = field(default=None, repr=False)
+    metrics_auth: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         for name in ("requests", "input_tokens", "output_tokens"):
@@ -249,6 +253,8 @@ class BenchConfig:
         chat_url(self.endpoint)  # a ValueError now rather than in every request
         if self.metrics_url:
             _split(self.metrics_url)
+        if self.metrics_auth is not None and ":" not in self.metrics_auth:
+            raise ValueError("the metrics credentials must be USER:PASSWORD")
 
     @property
     def url(self) -> str:
@@ -277,12 +283,29 @@ class BenchConfig:
         return json.dumps(payload).encode()
 
     def headers(self, url: str | None = None) -> dict[str, str]:
-        """Request headers; the key only for the endpoint's own host."""
+        """Request headers; the key only for the endpoint's own host, the metrics credentials
+        only for the metrics URL."""
         headers = {"User-Agent": f"llmfleet-bench/{__version__}"}
+        if url is not None and url == self.metrics and self.metrics_auth:
+            token = base64.b64encode(self.metrics_auth.encode()).decode()
+            headers["Authorization"] = f"Basic {token}"
+            return headers
         same_host = url is None or urlsplit(url).hostname == _split(self.endpoint).hostname
         if self.api_key and same_host:
             headers["Authorization"] = f"Bearer {self.api_key}"
         return headers
+
+    def redact(self, text: str) -> str:
+        """`text` without the secrets (a careless server may echo a header)."""
+        secrets = [self.api_key]
+        if self.metrics_auth:
+            password = self.metrics_auth.partition(":")[2]
+            token = base64.b64encode(self.metrics_auth.encode()).decode()
+            secrets += [token, self.metrics_auth, password]
+        for secret in secrets:
+            if secret:
+                text = text.replace(secret, "***")
+        return text
 
     def settings(self) -> dict[str, Any]:
         """The settings as reported (no key, only whether one was sent)."""
@@ -299,6 +322,7 @@ class BenchConfig:
             "time_limit_s": self.time_limit_s,
             "warmup": self.warmup,
             "api_key": bool(self.api_key),
+            "metrics_auth": bool(self.metrics_auth),
             "metrics_url": self.metrics,
             "objectives": {objective.metric: objective.limit_s for objective in self.objectives},
             "levels": [level.settings() for level in self.levels],
@@ -321,10 +345,6 @@ def _connection(url: SplitResult, timeout_s: float) -> http.client.HTTPConnectio
     return http.client.HTTPConnection(url.hostname or "", url.port, timeout=timeout_s)
 
 
-def _redact(text: str, secret: str | None) -> str:
-    return text.replace(secret, "***") if secret else text
-
-
 def _call(config: BenchConfig, method: str, url: str, document: Any = None) -> tuple[int, bytes]:
     """One plain request; (status, body). Raises BenchError for a failed connection."""
     parts = urlsplit(url)
@@ -342,7 +362,7 @@ def _call(config: BenchConfig, method: str, url: str, document: Any = None) -> t
     except (OSError, http.client.HTTPException) as exc:
         reason = "connection refused" if isinstance(exc, ConnectionRefusedError) else str(exc)
         reason = reason or type(exc).__name__
-        raise BenchError(f"{method} {url}: {_redact(reason, config.api_key)}") from None
+        raise BenchError(f"{method} {url}: {config.redact(reason)}") from None
     finally:
         connection.close()
 
@@ -380,7 +400,7 @@ def tokenize(config: BenchConfig, text: str) -> list[str]:
     )
     if status != 200:
         raise BenchError(
-            f"POST {url}: {_redact(_error_message(status, body), config.api_key)} "
+            f"POST {url}: {config.redact(_error_message(status, body))} "
             "(exact prompt lengths need llama-server's /tokenize)"
         )
     try:
@@ -428,7 +448,7 @@ def read_metrics(config: BenchConfig) -> dict[str, float]:
     status, body = _call(config, "GET", url)
     if status != 200:
         hint = " (start llama-server with --metrics, or pass --no-metrics)" if status == 501 else ""
-        message = _redact(_error_message(status, body), config.api_key)
+        message = config.redact(_error_message(status, body))
         raise BenchError(f"GET {url}: {message}{hint}")
     return parse_metrics(body.decode("utf-8", errors="replace"))
 
@@ -635,7 +655,7 @@ def send_request(config: BenchConfig, prompt: Prompt) -> RequestResult:
         return RequestResult(
             ok=False,
             status=status,
-            error=_redact(error, config.api_key),
+            error=config.redact(error),
             input_tokens=prompt.tokens,
         )
 

@@ -142,6 +142,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
             )
         if args.max_in_flight is not None and not args.rate:
             raise ValueError("--max-in-flight applies to --rate levels only")
+        if bool(args.metrics_user) != bool(args.metrics_password_file):
+            raise ValueError("give --metrics-user and --metrics-password-file together")
+        metrics_auth = None
+        if args.metrics_password_file:
+            password = read_secret(Path(args.metrics_password_file), "metrics password")
+            metrics_auth = f"{args.metrics_user}:{password}"
         concurrency = parse_concurrency(args.concurrency) if args.concurrency else ()
         rates = parse_rates(args.rate) if args.rate else ()
         if not concurrency and not rates:
@@ -165,6 +171,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             model=args.model,
             warmup=not args.no_warmup,
             api_key=_bench_api_key(args),
+            metrics_auth=metrics_auth,
         )
     except ValueError as exc:
         print(f"llmfleet bench: {exc}", file=sys.stderr)
@@ -372,6 +379,15 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:  # type: ign
         metavar="URL",
         help="the engine's Prometheus metrics (default: ENDPOINT/metrics; through the front "
         "door's metrics port: http://HOST:9180/engine/metrics)",
+    )
+    parser.add_argument(
+        "--metrics-user",
+        metavar="USER",
+        help="basic auth user for --metrics-url (the front door's metrics port asks for the "
+        "metrics user); without it the API key goes to a metrics URL on the endpoint's host",
+    )
+    parser.add_argument(
+        "--metrics-password-file", metavar="PATH", help="file holding --metrics-user's password"
     )
     parser.add_argument(
         "--no-metrics", action="store_true", help="do not read or check the server's metrics"

@@ -13,6 +13,7 @@ checked against the delays the fake sleeps, from below.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import socket
@@ -81,6 +82,7 @@ class FakeState:
     cached_tokens: int = 0  # prompt tokens found in the cache, per request
     metrics: str = "on"  # on | off (501) | no_cached_counter
     extra_predicted: int = 0  # tokens the server counts beyond what it sends, per request
+    metrics_basic: str | None = None  # /metrics asks for basic auth "USER:PASSWORD" instead
     lock: threading.Lock = field(default_factory=threading.Lock)
     release: threading.Event = field(default_factory=threading.Event)
     count: int = 0
@@ -169,7 +171,11 @@ class FakeHandler(BaseHTTPRequestHandler):
         self.close_connection = True
         if self.path != "/metrics":
             return self._json(404, {"error": {"code": 404, "message": "File Not Found"}})
-        if not self._authorized():
+        if state.metrics_basic:
+            token = base64.b64encode(state.metrics_basic.encode()).decode()
+            if self.headers.get("Authorization") != f"Basic {token}":
+                return self._json(401, {"error": {"code": 401, "message": "Unauthorized"}})
+        elif not self._authorized():
             return None
         if state.metrics == "off":
             message = "This server does not support metrics endpoint."
@@ -841,6 +847,32 @@ def test_cli_rate_levels_and_the_metrics_url(
     assert server.state.count == 3
 
 
+def test_cli_reads_metrics_with_basic_auth(
+    server: FakeServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server.state.metrics_basic = "prometheus:s3cret-metrics"  # as the front door's metrics port
+    password_file = tmp_path / "metrics-password"
+    password_file.write_text("s3cret-metrics\n")
+    out = tmp_path / "bench.json"
+    argv = ["bench", server.endpoint, "--concurrency", "1", "--requests", "2", "-q"]
+    argv += ["--input-tokens", "8", "--output-tokens", "3", "--json", str(out)]
+    argv += ["--metrics-url", server.endpoint + "/metrics"]
+    assert (
+        main([*argv, "--metrics-user", "prometheus", "--metrics-password-file", str(password_file)])
+        == 0
+    )
+    document = json.loads(out.read_text())
+    assert document["settings"]["metrics_auth"] is True
+    assert document["levels"][0]["server_metrics"]["flagged"] is False
+    assert main(argv) == 0  # without them: measured, and the check says why it is missing
+    document = json.loads(out.read_text())
+    assert "HTTP 401" in document["levels"][0]["server_metrics"]["error"]
+    captured = capsys.readouterr()
+    assert "s3cret-metrics" not in captured.out + captured.err + out.read_text()
+    assert main([*argv, "--metrics-user", "prometheus"]) == 2
+    assert "give --metrics-user and --metrics-password-file together" in capsys.readouterr().err
+
+
 def test_cli_fails_when_every_request_of_a_level_fails(
     server: FakeServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -886,3 +918,22 @@ def test_cli_rejects_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture
 
 def test_the_defaults_can_say_p99() -> None:
     assert bench.DEFAULT_REQUESTS >= 100
+
+
+def test_secrets_stay_out_of_messages_and_settings() -> None:
+    cfg = BenchConfig(
+        "http://gpu-01:8080",
+        api_key=KEY,
+        metrics_url="http://gpu-01:9180/engine/metrics",
+        metrics_auth="prometheus:s3cret",
+    )
+    token = base64.b64encode(b"prometheus:s3cret").decode()
+    assert cfg.headers(cfg.metrics)["Authorization"] == f"Basic {token}"
+    assert cfg.headers()["Authorization"] == f"Bearer {KEY}"
+    assert "Authorization" not in cfg.headers("http://elsewhere:8080/tokenize")
+    echoed = f"denied: Bearer {KEY}, Basic {token}, prometheus:s3cret, s3cret"
+    assert cfg.redact(echoed) == "denied: Bearer ***, Basic ***, ***, ***"
+    assert "s3cret" not in repr(cfg) and KEY not in repr(cfg)
+    assert (cfg.settings()["api_key"], cfg.settings()["metrics_auth"]) == (True, True)
+    with pytest.raises(ValueError, match="USER:PASSWORD"):
+        BenchConfig("http://gpu-01:8080", metrics_auth="no-colon")
