@@ -616,6 +616,18 @@ def test_the_metrics_check_flags_a_server_that_counted_more(server: FakeServer) 
     assert "token counts differ by more than 1%" in report
 
 
+def test_prompts_found_in_the_servers_cache_are_told(server: FakeServer) -> None:
+    server.state.cached_tokens = 20  # of 25: as a second run with the same seed would find
+    level = run_level(config(server, prompt_cache=True), Level(concurrency=1))
+    assert level["input_tokens"]["cached_tokens"] == 3 * 20
+    assert "60 of 75 prompt tokens came from the server's cache" in format_report(
+        document_of(level)
+    )
+    assert level["server_metrics"]["flagged"] is False  # cached tokens are counted too
+    level = run_level(config(server), Level(concurrency=1))  # cache_prompt false: none cached
+    assert level["input_tokens"]["cached_tokens"] == 0
+
+
 def test_the_metrics_check_without_the_cached_counter(server: FakeServer) -> None:
     server.state.metrics, server.state.cached_tokens = "no_cached_counter", 4
     level = run_level(config(server, requests=3, prompt_cache=True), Level(concurrency=1))
