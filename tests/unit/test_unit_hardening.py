@@ -279,6 +279,14 @@ def test_the_cpu_engine_has_no_devices_and_no_writable_code() -> None:
     assert "DeviceAllow" not in unit
 
 
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_no_unit_hides_proc_inside_its_own_user_namespace(case: Case) -> None:
+    # systemd 252 cannot mount a hidepid /proc inside PrivateUsers= (seen in the fleet
+    # scenario: "Failed to set up user namespacing", status=217/USER, on every start).
+    unit = rendered(case.id)
+    assert not ("ProtectProc" in unit and unit.get("PrivateUsers", ["no"])[-1] in ("yes", "true"))
+
+
 @pytest.mark.parametrize("case_id", ["node-exporter", "mtail", "prometheus", "alertmanager"])
 def test_exporters_keep_proc_whole(case_id: str) -> None:
     # client_golang's process_start_time_seconds reads /proc/stat (hidden by ProcSubset=pid).
