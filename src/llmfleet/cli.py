@@ -251,14 +251,16 @@ def add_receiver_parser(commands: argparse._SubParsersAction) -> None:  # type: 
 
 def add_bundle_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     bundle = commands.add_parser(
-        "bundle", help="build or verify the offline bundle (apt repos, files, models)"
+        "bundle", help="build or verify the offline bundle (apt repos, files, models, wheels)"
     )
     actions = bundle.add_subparsers(dest="bundle_command", required=True)
     build = actions.add_parser(
         "build",
-        help="gather a spec's packages and files into a signed bundle (incremental)",
+        help="gather a spec's packages, files and wheels into a signed bundle (incremental)",
         description="Resolve apt closures in containers of the target images, download files "
-        "with their sha256, and write a signed, checksummed bundle into DIR.",
+        "with their sha256, resolve wheel sets with pip (wheels only, for the hosts' Python) "
+        "with a requirements.lock of exact pins and hashes each, and write a signed, "
+        "checksummed bundle into DIR.",
     )
     build.add_argument("spec", help="the bundle spec (YAML), e.g. bundles/ci.yml")
     build.add_argument("--output", "-o", required=True, metavar="DIR", help="the bundle folder")

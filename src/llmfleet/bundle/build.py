@@ -7,10 +7,12 @@ Layout of DIR (a contract with the roles that serve and install it)::
     apt/<repo>/                                            flat signed apt repo per spec entry
     files/..., models/..., images/...                      files at the spec's dest
     images/<name>.tar                                      `docker save` archives of spec images
+    wheels/<set>/*.whl, wheels/<set>/requirements.lock     pinned wheels per spec wheel set
     .cache/                                                the build cache (not part of the bundle)
 
 Incremental: downloads are cached by sha256 (`<cache>/downloads`), apt's archives and lists
-per repo (`<cache>/apt/<repo>`), fetched keys (`<cache>/keys`); a file already at its dest with
+per repo (`<cache>/apt/<repo>`), fetched keys (`<cache>/keys`), wheel sets' resolutions
+(`<cache>/wheels`) and the project's wheel (`<cache>/project`); a file already at its dest with
 the right checksum is not touched. When nothing changed, manifest.json, its signature and
 SHA256SUMS are not rewritten. Files no longer in the spec are removed from DIR.
 """
@@ -54,10 +56,11 @@ from llmfleet.bundle.manifest import (
 )
 from llmfleet.bundle.signing import Signer, gpgv_check
 from llmfleet.bundle.spec import AptRepo, FileEntry, Spec
+from llmfleet.bundle.wheels import WheelContext, ensure_wheel_set, find_project, is_project
 from llmfleet.fileio import write_atomic
 
 #: Top-level folders the builder owns: anything in them that is not an artifact is removed.
-OWNED = ("apt", "files", "models", "images", "keys")
+OWNED = ("apt", "files", "models", "images", "keys", "wheels")
 
 
 class BuildError(Exception):
@@ -80,6 +83,8 @@ class BuildResult:
         artifacts = self.manifest["artifacts"]
         debs = [a for a in artifacts if a["kind"] == "deb"]
         files = [a for a in artifacts if a["kind"] == "file"]
+        wheels = [a for a in artifacts if a["kind"] == "wheel"]
+        sets = [a for a in artifacts if a["kind"] == "wheel-index"]
         total = sum(a["size"] for a in artifacts)
         state = "changed" if self.changed else "unchanged"
         lines = [
@@ -88,6 +93,13 @@ class BuildResult:
             f"  {len(files)} files, {len(self.manifest['apt'])} apt repos with {len(debs)} debs "
             f"({sum(a['size'] for a in debs) / 1e6:.1f} MB), {len(artifacts)} artifacts, "
             f"{total / 1e6:.1f} MB",
+        ]
+        if sets:
+            lines.append(
+                f"  {len(sets)} wheel set{'s' if len(sets) != 1 else ''} with {len(wheels)} wheels "
+                f"({sum(a['size'] for a in wheels) / 1e6:.1f} MB)"
+            )
+        lines += [
             f"  signing key {self.fingerprint} ({'generated' if self.key_generated else 'reused'}"
             f", private part in {self.signing_home})",
             f"  keys/llmfleet-bundle.gpg sha256 {self.manifest['signing_key']['sha256']}",
@@ -107,6 +119,8 @@ class _Context:
     hashes: HashCache
     say: Callable[[str], None]
     apt_log: Callable[[str], None] | None
+    #: the llmfleet source a wheel set with `project: true` builds its wheel from
+    project: Path | None = None
 
 
 def check_output(output: Path) -> None:
@@ -178,6 +192,23 @@ def _which(tool: str) -> bool:
     return shutil.which(tool) is not None
 
 
+def project_for(spec: Spec, project: Path | None) -> Path | None:
+    """The llmfleet source a wheel set with `project: true` builds from: `project`, else the
+    checkout this llmfleet runs from; BuildError when a set needs it and there is none."""
+    needing = [wheelset.name for wheelset in spec.wheels if wheelset.project]
+    if not needing:
+        return None
+    found = project if project is not None else find_project()
+    if found is None or not is_project(found):
+        where = found or Path(__file__).resolve().parent
+        raise BuildError(
+            f"wheel set {needing[0]}: project: true needs the llmfleet project's source "
+            f"(its pyproject.toml), and {where} is not in one: run the build with the "
+            "llmfleet of the repository checkout (.venv/bin/llmfleet after pip install -e .)"
+        )
+    return found
+
+
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -196,13 +227,19 @@ def build_bundle(
     cache: Path | None = None,
     quiet: bool = False,
     fetcher: Fetcher | None = None,
+    project: Path | None = None,
 ) -> BuildResult:
-    """Build or update the bundle for `spec` in `output`; see the module docstring."""
+    """Build or update the bundle for `spec` in `output`; see the module docstring.
+
+    `project` is the llmfleet source a wheel set with `project: true` builds its wheel from
+    (default: the checkout this code runs from).
+    """
     output = output.absolute()
     cache = (cache or output / CACHE_DIR).absolute()
     check_output(output)
     check_places(output, signing_home, cache)
     require_tools(spec)
+    project = project_for(spec, project)
     try:
         output.mkdir(parents=True, exist_ok=True)
         (output / CACHE_DIR).mkdir(exist_ok=True)
@@ -225,6 +262,7 @@ def build_bundle(
             hashes=HashCache(cache / "hashes.json"),
             say=say,
             apt_log=None if quiet else apt_repo.log_to_stderr("  | "),
+            project=project,
         )
         signer = Signer(signing_home)
         try:
@@ -255,6 +293,19 @@ def _build(spec: Spec, ctx: _Context, signer: Signer) -> BuildResult:
                 ctx.say,
                 ctx.hashes.sha256,
             )
+        )
+    for wheelset in spec.wheels:
+        artifacts += ensure_wheel_set(
+            wheelset,
+            WheelContext(
+                output=ctx.output,
+                cache=ctx.cache,
+                staging=ctx.staging,
+                fetcher=ctx.fetcher,
+                hashes=ctx.hashes,
+                say=ctx.say,
+                project=ctx.project,
+            ),
         )
     sections = []
     for repo in spec.apt:

@@ -8,7 +8,9 @@ http(s) goes through `requests` with urllib3's `Retry` on the session's adapter 
 errors, 408, 429 and 5xx are retried with backoff); a body cut short after the headers, which
 urllib3 cannot retry by itself, takes another attempt from the same `Retry` budget. file://
 URLs are read directly (requests has no file adapter). A release file from the package index
-is fetched with `python -m pip download --no-deps`. Progress is a `tqdm` bar on a terminal.
+is fetched with `python -m pip download --no-deps`, a wheel set's closure with `python -m pip
+download --only-binary :all:` for the set's Python and platforms. Progress is a `tqdm` bar on
+a terminal.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from tqdm import tqdm
 from urllib3.util import Retry
 
 from llmfleet import __version__
-from llmfleet.bundle.spec import PypiRelease
+from llmfleet.bundle.spec import PypiRelease, WheelSet
 from llmfleet.fileio import write_atomic
 
 CHUNK = 1024 * 1024
@@ -310,6 +312,67 @@ class Fetcher:
             os.replace(file, dest)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+
+    def pip_download_wheels(
+        self, wheelset: WheelSet, requirements: list[str], folder: Path, label: str
+    ) -> None:
+        """`pip download` the wheels of `requirements` and their whole dependency closure for
+        the set's Python and platforms into `folder` (wheels only: pip refuses sdists).
+
+        pip uses its own configuration for the index, as for a `pypi:` file.
+        """
+        self.fetches += 1
+        argv = pip_wheels_argv(
+            wheelset, requirements, folder, self.python, self.timeout, self.retries
+        )
+        result = self.run(argv)
+        if result.returncode != 0:
+            tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
+            raise FetchError(
+                f"{label}: pip download of {len(requirements)} requirements for Python "
+                f"{wheelset.python} ({wheelset.abi}) on {', '.join(wheelset.platforms)} failed "
+                f"(exit {result.returncode}); every project in the closure needs a wheel for "
+                f"that Python and platform (an sdist is refused: a host cannot build it):\n{tail}"
+            )
+
+
+def pip_wheels_argv(
+    wheelset: WheelSet,
+    requirements: list[str],
+    folder: Path,
+    python: str,
+    timeout: float,
+    retries: int,
+) -> list[str]:
+    """`python -m pip download` of `requirements` and their dependencies, as wheels for the
+    set's Python (CPython, its ABI) and platforms, into `folder`."""
+    platforms = [arg for platform in wheelset.platforms for arg in ("--platform", platform)]
+    return [
+        python,
+        "-m",
+        "pip",
+        "download",
+        "--only-binary",
+        ":all:",
+        "--python-version",
+        wheelset.python,
+        "--implementation",
+        "cp",
+        "--abi",
+        wheelset.abi,
+        *platforms,
+        "--quiet",
+        "--disable-pip-version-check",
+        "--progress-bar",
+        "off",
+        "--timeout",
+        f"{timeout:g}",
+        "--retries",
+        str(max(retries - 1, 0)),
+        "--dest",
+        str(folder),
+        *requirements,
+    ]
 
 
 def pip_download_argv(

@@ -42,12 +42,47 @@ A spec is a YAML file::
         files: [llama-cpp-source]     # optional: these files of the bundle are copied into
                                       # the context under their own names
         dest: images/llama-server-0.3.36-cpu.tar   # `docker save` archive, under images/
+    wheels:                           # optional: pinned Python wheels a host installs with pip
+      - name: control                 # DIR/wheels/control/ (letters, digits, . _ -)
+        python: "3.11"                # the hosts' Python, as a string (Debian 12: 3.11)
+        platform: manylinux2014_x86_64   # a wheel platform tag, or a list of them
+        requirements:                 # exact pins only: name==version (name[extra]==version)
+          - ansible-core==2.19.14
+          - ansible-runner==2.4.3
+        project: true                 # optional, default false: add this project's own wheel
+                                      # (llmfleet, built here) and resolve its dependencies too
 
 A file comes either from ``url`` with ``sha256``, or from ``pypi``: ``python -m pip download
 --no-deps name==version`` (an sdist with ``--no-binary :all:``, a wheel with ``--only-binary
 :all:``) from the index pip is configured with on the build machine (pip.conf,
 ``PIP_INDEX_URL``), so a spec names no index host. Either way the file must have the stated
 sha256 and is kept in the build's download cache by that sha256.
+
+A wheel set is resolved on the build machine (the connected side) by ``python -m pip download
+--only-binary :all: --python-version 3.11 --implementation cp --abi cp311 --platform ...`` of
+its requirements, from the index pip is configured with: the full dependency closure, each
+project at the version pip resolves, wheels only (a host cannot build an sdist: a requirement
+without a wheel for that Python and platform fails the build, naming it). With ``project:
+true`` the builder also builds this project's own wheel (``pip wheel --no-deps
+--no-build-isolation`` of a copy of pyproject.toml, README.md, src/ and plugins/module_utils/,
+with SOURCE_DATE_EPOCH fixed, so the same source is the same wheel; the source is the checkout
+the running llmfleet was installed from, so build from the repository's .venv) and resolves the
+dependencies its metadata declares with the requirements. Every wheel lands at
+``wheels/<set>/<file>`` (manifest kind ``wheel``, name ``wheel:<set>/<project>``) and the set
+gets ``wheels/<set>/requirements.lock`` (kind ``wheel-index``, name ``wheel-index:<set>``): one
+``name==version --hash=sha256:...`` line per wheel, sorted, so::
+
+    python3 -m venv .venv
+    .venv/bin/pip install --no-index --require-hashes -r <bundle>/wheels/control/requirements.lock
+        --find-links <bundle>/wheels/control           # (one command line)
+
+installs exactly these wheels and nothing else, offline. That is how the rollback receiver's
+virtual environment is filled (roles/rollback_receiver), and how a control node inside the
+datacenter installs the same ansible-core, ansible-runner and llmfleet from the carried bundle.
+A set's resolution is kept in the build's cache (``<cache>/wheels/<key>.json``, the wheels in
+``<cache>/downloads/<sha256>``), keyed by its Python, platforms and requirements (with the
+project's declared dependencies): an unchanged set is not downloaded again; a changed set, or
+a cache without it, is resolved afresh and its artifacts follow what pip resolves.
 
 ``${VAR}`` in ``url``, ``uris``, ``signed_by.url`` and ``build_args`` is replaced from the
 environment, so a site's mirrors and vendor repositories are set where the bundle is built;
@@ -89,6 +124,14 @@ TAG_RE = r"^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?$"
 PYPI_NAME_RE = r"^([A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9._-]*[A-Za-z0-9])$"
 PYPI_VERSION_RE = r"^[A-Za-z0-9][A-Za-z0-9.!+_-]*$"
 VAR_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
+#: A wheel set's Python ("3.11", a string) and a wheel platform tag (manylinux2014_x86_64).
+PYTHON_RE = r"^3\.[0-9]{1,2}$"
+PLATFORM_RE = r"^[a-z0-9][a-z0-9_.]*$"
+#: One exact pin: name==version, or name[extra,...]==version (PEP 508 without markers).
+PIN_RE = (
+    r"^\s*([A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9._-]*[A-Za-z0-9])\s*(\[[A-Za-z0-9._,\s-]*\])?"
+    r"\s*==\s*[A-Za-z0-9][A-Za-z0-9.!+_-]*\s*$"
+)
 VAR_RE = re.compile(r"\$\{([^}]*)\}")
 
 # --- the schema --------------------------------------------------------------------------
@@ -290,6 +333,47 @@ IMAGE = strict_mapping(
     required=("name", "tag", "context", "dest"),
     message="must be a mapping with name, tag, context, dest",
 )
+WHEEL_SET = strict_mapping(
+    {
+        "name": {
+            "type": "string",
+            "pattern": NAME_RE,
+            "message": NAME_MESSAGE,
+            "missing": "is required (the set's folder under wheels/: letters, digits, . _ -)",
+        },
+        "python": {
+            "type": "string",
+            "pattern": PYTHON_RE,
+            "message": 'must be the hosts\' Python as a string, like "3.11" (quoted: YAML reads '
+            "3.10 as 3.1), got {value!r}",
+            "missing": 'is required (the hosts\' Python as a string, like "3.11")',
+        },
+        "platform": {
+            **_strings(
+                {
+                    "pattern": PLATFORM_RE,
+                    "message": {
+                        "pattern": "{value!r} is not a wheel platform tag "
+                        "(like manylinux2014_x86_64)",
+                    },
+                }
+            ),
+            "missing": "is required (a wheel platform tag like manylinux2014_x86_64, or a list)",
+        },
+        "requirements": {
+            "type": ["array", "null"],
+            "items": {
+                "type": "string",
+                "pattern": PIN_RE,
+                "message": "{value!r} must pin one exact version: name==version",
+            },
+            "message": "must be a list of exact pins (name==version), got {value!r}",
+        },
+        "project": BOOL,
+    },
+    required=("name", "python", "platform"),
+    message="must be a mapping with name, python, platform, requirements (and project)",
+)
 LIST = "must be a list, got {type}"
 #: The spec's shape; `parse_spec` adds the checks a schema cannot express.
 SCHEMA = strict_mapping(
@@ -303,12 +387,21 @@ SCHEMA = strict_mapping(
         "apt": {"type": ["array", "null"], "items": APT_REPO, "message": LIST},
         "files": {"type": ["array", "null"], "items": FILE, "message": LIST},
         "images": {"type": ["array", "null"], "items": IMAGE, "message": LIST},
+        "wheels": {"type": ["array", "null"], "items": WHEEL_SET, "message": LIST},
     },
     required=("name",),
 )
 _VALIDATOR = compile_schema(SCHEMA)
 #: Fields that hold a string or a list of strings: a problem with one element names the field.
-_STRING_LISTS = ("uris", "suites", "components", "packages", "files")
+_STRING_LISTS = (
+    "uris",
+    "suites",
+    "components",
+    "packages",
+    "files",
+    "platform",
+    "requirements",
+)
 
 
 class SpecError(Exception):
@@ -413,11 +506,32 @@ class ImageEntry:
 
 
 @dataclass(frozen=True)
+class WheelSet:
+    """Pinned requirements resolved to wheels for one Python and platform: `wheels/<name>/`."""
+
+    name: str
+    python: str
+    platforms: tuple[str, ...]
+    requirements: tuple[str, ...] = ()
+    project: bool = False
+
+    @property
+    def abi(self) -> str:
+        """The CPython ABI tag of `python`: cp311 for 3.11."""
+        return "cp" + self.python.replace(".", "")
+
+    @property
+    def folder(self) -> str:
+        return f"wheels/{self.name}"
+
+
+@dataclass(frozen=True)
 class Spec:
     name: str
     apt: tuple[AptRepo, ...] = ()
     files: tuple[FileEntry, ...] = ()
     images: tuple[ImageEntry, ...] = ()
+    wheels: tuple[WheelSet, ...] = ()
     path: str = "<spec>"
 
 
@@ -497,6 +611,7 @@ def parse_spec(data: Any, env: Mapping[str, str], path: str = "<spec>") -> Spec:
         apt=tuple(_apt_repo(entry, env) for entry in data.get("apt") or []),
         files=tuple(_file_entry(entry, env) for entry in data.get("files") or []),
         images=tuple(_image_entry(entry, env, base) for entry in data.get("images") or []),
+        wheels=tuple(_wheel_set(entry) for entry in data.get("wheels") or []),
         path=path,
     )
 
@@ -559,6 +674,9 @@ def _field_issues(
     for index, entry in enumerate(_list(data, "images")):
         if isinstance(entry, dict):
             issues += _image_issues(entry, env, base, file_names, ("images", index), clean)
+    for index, entry in enumerate(_list(data, "wheels")):
+        if isinstance(entry, dict):
+            issues += _wheel_set_issues(entry, ("wheels", index), clean)
     return issues
 
 
@@ -725,6 +843,33 @@ def _image_issues(
     return issues
 
 
+def pin_name(pin: str) -> str:
+    """The normalized project name of an exact pin (`Ansible_Core==2.19` -> `ansible-core`)."""
+    return re.sub(r"[-_.]+", "-", re.split(r"[\[=\s]", pin.strip(), maxsplit=1)[0]).lower()
+
+
+def _wheel_set_issues(entry: dict[str, Any], where: Where, clean: Clean) -> list[Issue]:
+    """A set pins each project once, and has something to resolve: requirements or project."""
+    issues: list[Issue] = []
+    if clean(*where, "platform"):
+        issues += _twice(entry.get("platform"), (*where, "platform"))
+    requirements = entry.get("requirements") or []
+    if clean(*where, "requirements") and isinstance(requirements, list):
+        names = [pin_name(pin) for pin in requirements if isinstance(pin, str)]
+        issues += [
+            Issue((*where, "requirements"), f"{name!r} is pinned more than once")
+            for name in sorted({name for name in names if names.count(name) > 1})
+        ]
+        if not requirements and clean(*where, "project") and entry.get("project") is not True:
+            issues.append(
+                Issue(
+                    (*where, "requirements"),
+                    "is required (exact pins like ansible-core==2.19.14), unless project: true",
+                )
+            )
+    return issues
+
+
 def _spec_issues(data: dict[str, Any], found: list[Issue]) -> list[Issue]:
     """Rules across entries, among the entries that are sound on their own."""
 
@@ -736,11 +881,12 @@ def _spec_issues(data: dict[str, Any], found: list[Issue]) -> list[Issue]:
             and not any(issue.path[:2] in ((section,), (section, index)) for issue in found)
         ]
 
-    if not any(data.get(section) for section in ("apt", "files", "images")):
-        return [Issue((), "the spec has neither apt, files nor images: nothing to bundle")]
+    if not any(data.get(section) for section in ("apt", "files", "images", "wheels")):
+        return [Issue((), "the spec has neither apt, files, images nor wheels: nothing to bundle")]
     artifacts = sound("files") + sound("images")
     return [
         *_duplicates("apt", [repo["name"] for repo in sound("apt")], "name"),
+        *_duplicates("wheels", [entry["name"] for entry in sound("wheels")], "name"),
         *_duplicates("files", [entry["name"] for entry in artifacts], "name"),
         *_duplicates("files", [entry["dest"] for entry in artifacts], "dest"),
         *_nested_dests(sound("files")),
@@ -826,4 +972,14 @@ def _image_entry(entry: dict[str, Any], env: Mapping[str, str], base: Path) -> I
             (name, value, expand_vars(value, env)) for name, value in sorted(args.items())
         ),
         files=tuple(_texts(entry.get("files"))),
+    )
+
+
+def _wheel_set(entry: dict[str, Any]) -> WheelSet:
+    return WheelSet(
+        name=entry["name"],
+        python=entry["python"],
+        platforms=tuple(_texts(entry["platform"])),
+        requirements=tuple(re.sub(r"\s+", "", pin) for pin in entry.get("requirements") or []),
+        project=entry.get("project") is True,
     )
