@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from llmfleet.bundle.spec import (
     PypiRelease,
@@ -439,3 +440,13 @@ def test_every_wheel_set_control_is_the_one_the_tests_run(name: str) -> None:
     )
     pyproject = (REPO / "pyproject.toml").read_text()
     assert re.search(r'^requires-python = ">=3\.11,<3\.12"$', pyproject, re.M)
+
+
+def test_the_receiver_demands_the_versions_the_set_pins() -> None:
+    """roles/rollback_receiver fails unless its environment runs these: the set's pins."""
+    defaults = yaml.safe_load((REPO / "roles/rollback_receiver/defaults/main.yml").read_text())
+    pins = pyproject_pins()
+    assert defaults["rollback_receiver_wheel_set"] == "control"
+    assert defaults["rollback_receiver_ansible_core_version"] == pins["ansible-core"]
+    assert defaults["rollback_receiver_ansible_runner_version"] == pins["ansible-runner"]
+    assert defaults["rollback_receiver_packages"] == ["python3-venv", "openssh-client"]
