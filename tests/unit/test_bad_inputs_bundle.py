@@ -142,7 +142,7 @@ def test_unknown_top_level_keys_and_a_missing_name_are_named(tmp_path: Path) -> 
     with pytest.raises(SpecError) as caught:
         parse_spec({"nmae": "x", "files": []}, {}, "spec.yml")
     assert caught.value.problems[:2] == [
-        "spec.yml: nmae: unknown key (allowed: apt, files, images, name)",
+        "spec.yml: nmae: unknown key (allowed: apt, files, images, name, wheels)",
         "spec.yml: name: is required (the bundle's name: letters, digits, '.', '_' or '-')",
     ]
 
