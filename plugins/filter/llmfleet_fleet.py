@@ -5,7 +5,10 @@ The state of a host is the local fact ``ansible_local.blue_green``
 
     {"active": "blue", "previous": "green",
      "colors": {"blue":  {"build": "<build id>", "model": {...}, "args": "...", "port": 8081},
-                "green": {"build": "<build id>", "model": {...}, "args": "...", "port": 8082}}}
+                "green": {"build": "<build id>", "model": {...}, "args": "...", "port": 8082,
+                          "draft": {...}}}}
+
+``draft`` (name, path, sha256, size) is there only for a color that runs speculative decoding.
 
 ``active`` is the color the front door sends traffic to; ``previous`` the color
 that still holds the version the host ran before its last upgrade (empty when
@@ -133,14 +136,28 @@ def upgrade_mode(
     }
 
 
-def color_record(build: str, model: Mapping[str, Any], args: str, port: int) -> dict[str, Any]:
-    """What the fact keeps of one color: the engine build, the model and the command line."""
-    return {
+def color_record(
+    build: str,
+    model: Mapping[str, Any],
+    args: str,
+    port: int,
+    draft: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What the fact keeps of one color: the engine build, the model and the command line;
+    and the draft model of speculative decoding when the color runs one (no key otherwise)."""
+    record = {
         "build": str(build),
         "model": {key: model.get(key) for key in ("name", "path", "sha256", "size")},
         "args": str(args),
         "port": int(port),
     }
+    if draft:
+        record["draft"] = {key: draft.get(key) for key in ("name", "path", "sha256", "size")}
+    return record
+
+
+def _identity(record: Mapping[str, Any] | None) -> tuple[Any, Any]:
+    return ((record or {}).get("path"), (record or {}).get("sha256"))
 
 
 def _differences(running: Mapping[str, Any], target: Mapping[str, Any]) -> list[str]:
@@ -153,6 +170,8 @@ def _differences(running: Mapping[str, Any], target: Mapping[str, Any]) -> list[
         new_model.get("sha256"),
     ):
         changes.append("model")
+    if _identity(running.get("draft")) != _identity(target.get("draft")):
+        changes.append("draft")
     if running.get("args") != target.get("args"):
         changes.append("settings")
     return changes
@@ -183,7 +202,11 @@ def upgrade_plan(
     chosen = (mode or {}).get("mode", "blue_green")
     if chosen not in MODES:
         raise FleetError(f"unknown upgrade mode {chosen!r}")
-    new_record = dict(color_record(target["build"], target["model"], target["args"], ports[idle]))
+    new_record = dict(
+        color_record(
+            target["build"], target["model"], target["args"], ports[idle], target.get("draft")
+        )
+    )
     return {
         "changed": bool(changes),
         "changes": changes,
@@ -212,6 +235,9 @@ def _change_text(change: str, running: Mapping[str, Any], target: Mapping[str, A
     if change == "model":
         old_name = (running.get("model") or {}).get("name") or "(none)"
         return f"model {old_name} -> {target['model']['name']}"
+    if change == "draft":
+        old_draft = (running.get("draft") or {}).get("name") or "none"
+        return f"draft model {old_draft} -> {(target.get('draft') or {}).get('name') or 'none'}"
     return "server settings"
 
 
@@ -272,15 +298,17 @@ def rollback_target(state: Mapping[str, Any] | None, colors: Mapping[str, Any]) 
 def prunable(
     before: Mapping[str, Any] | None, after: Mapping[str, Any] | None
 ) -> dict[str, list[str]]:
-    """Engine builds and model files the fact referenced before and no color references after."""
+    """Engine builds and model files (draft models too) the fact referenced before and no color
+    references after."""
 
     def referenced(state: Mapping[str, Any] | None) -> tuple[set[str], set[str]]:
         records = ((state or {}).get("colors") or {}).values()
         builds = {str(r["build"]) for r in records if r.get("build")}
         models = {
-            str((r.get("model") or {}).get("path"))
+            str((r.get(key) or {}).get("path"))
             for r in records
-            if (r.get("model") or {}).get("path")
+            for key in ("model", "draft")
+            if (r.get(key) or {}).get("path")
         }
         return builds, models
 

@@ -14,6 +14,51 @@ from typing import Any
 #: more where the GPUs have room for them.
 SLOTS_BY_TIER = {"cpu": 4, "base": 4, "standard": 8, "pro": 8, "enterprise": 16}
 FLASH_ATTENTION = ("auto", "on", "off")
+#: llama-server's speculative decoding with a separate draft model (``--spec-type``): with
+#: only ``--spec-draft-model`` this llama.cpp loads the draft and never drafts with it.
+SPEC_TYPE = "draft-simple"
+_FALSE = ("false", "no", "off", "0", "")
+
+
+def _flag(value: object) -> bool:
+    """A switch from the inventory: a bool, or its text ('false', 'no', 'off', '0' are off)."""
+    if isinstance(value, str):
+        return value.strip().lower() not in _FALSE
+    return bool(value)
+
+
+def speculative_config(
+    model: dict[str, Any], settings: dict[str, Any], gpu_layers: int
+) -> dict[str, Any] | None:
+    """Speculative decoding as the color runs it: None when the model has no draft model or
+    the settings turn it off (``speculative: false``), else the draft (name, path, sha256,
+    artifact), its numbers and where its layers go (those of the model)."""
+    draft = model.get("draft")
+    if not draft or not _flag(settings.get("speculative", True)):
+        return None
+    numbers = {}
+    for key, kind, low, high in (
+        ("max_tokens", int, 1, 256),
+        ("min_tokens", int, 0, 256),
+        ("p_min", float, 0.0, 1.0),
+    ):
+        try:
+            numbers[key] = kind(draft[key])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"the draft model's {key} is {draft.get(key)!r}") from None
+        if not low <= numbers[key] <= high:
+            raise ValueError(f"the draft model's {key} is {numbers[key]}; allowed: {low} to {high}")
+    if numbers["min_tokens"] > numbers["max_tokens"]:
+        raise ValueError(
+            f"the draft model's min_tokens {numbers['min_tokens']} is more than its "
+            f"max_tokens {numbers['max_tokens']}"
+        )
+    return {
+        "type": SPEC_TYPE,
+        "draft": {key: draft.get(key) for key in ("name", "path", "sha256", "artifact")},
+        **numbers,
+        "n_gpu_layers": gpu_layers,
+    }
 
 
 def _count(value: Any, fallback: int) -> int:
@@ -73,6 +118,7 @@ def serving_config(
         "bind_address": settings.get("bind_address", "127.0.0.1"),
         "port": int(settings.get("port", 8080)),
         "metrics": True,
+        "speculative": speculative_config(model, settings, gpu_layers),
     }
 
 
@@ -108,6 +154,17 @@ def llama_server_args(
             "--tensor-split",
             ",".join(map(str, config["tensor_split"])),
         ]
+    speculative = config.get("speculative")
+    if speculative:
+        args += [
+            "--spec-type", speculative["type"],
+            "--spec-draft-model", speculative["draft"]["path"],
+            "--spec-draft-n-max", str(speculative["max_tokens"]),
+            "--spec-draft-n-min", str(speculative["min_tokens"]),
+            "--spec-draft-p-min", f"{float(speculative['p_min']):g}",
+        ]  # fmt: skip
+        if speculative["n_gpu_layers"]:  # on the CPU the engine ignores it, with a warning
+            args += ["--spec-draft-ngl", str(speculative["n_gpu_layers"])]
     if config.get("numa"):
         args += ["--numa", str(config["numa"])]
     if config.get("metrics"):

@@ -263,6 +263,49 @@ def test_plan_rejects_an_unknown_mode() -> None:
         fleet.upgrade_plan(installed(), record("b2", QWEN7), COLORS, {"mode": "canary"})
 
 
+DRAFT = {"name": "Qwen-0.5B", "path": "/data/models/Qwen-0.5B/q.gguf", "sha256": "f" * 64,
+         "size": 512 * MIB, "artifact": "model-qwen-0.5b", "max_tokens": 16}  # fmt: skip
+
+
+def test_a_color_with_a_draft_model_records_it_and_its_changes_are_named() -> None:
+    spec = fleet.color_record("b1", QWEN7, "--ctx-size 2048 --spec-draft-model q.gguf", 8081, DRAFT)
+    assert spec["draft"] == {
+        "name": "Qwen-0.5B",
+        "path": DRAFT["path"],
+        "sha256": "f" * 64,
+        "size": 512 * MIB,
+    }
+    assert "draft" not in record("b1", QWEN7)  # no key without one: older facts stay equal
+    plan = fleet.upgrade_plan(installed(), spec, COLORS)
+    assert plan["changes"] == ["draft", "settings"]
+    assert plan["to"]["draft"] == spec["draft"]
+    assert plan["summary"] == (
+        "blue_green: blue -> green; draft model none -> Qwen-0.5B, server settings"
+    )
+    running = {"active": "green", "previous": "blue", "colors": {"green": {**spec, "port": 8082}}}
+    new_draft = fleet.color_record("b1", QWEN7, spec["args"], 8081, {**DRAFT, "sha256": "0" * 64})
+    assert fleet.upgrade_plan(running, new_draft, COLORS)["changes"] == ["draft"]
+    assert fleet.upgrade_plan(running, spec, COLORS)["changed"] is False
+    off = fleet.upgrade_plan(running, record("b1", QWEN7), COLORS)
+    assert off["changes"] == ["draft", "settings"]
+    assert "draft model Qwen-0.5B -> none" in off["summary"]
+
+
+def test_prune_a_draft_model_no_color_uses_any_more() -> None:
+    spec = fleet.color_record("b1", QWEN7, "--spec", 8081, DRAFT)
+    before = {"active": "blue", "previous": "green",
+              "colors": {"blue": record("b1", QWEN7), "green": {**spec, "port": 8082}}}  # fmt: skip
+    # green (the previous version, with its draft model) takes the new version
+    plan = fleet.upgrade_plan(before, record("b1", QWEN14), COLORS)
+    assert fleet.prunable(before, plan["state_after"]) == {"builds": [], "models": [DRAFT["path"]]}
+    # a draft that is the model of the other color stays
+    self_draft = fleet.color_record("b1", QWEN14, "--spec", 8081, QWEN7)
+    plan = fleet.upgrade_plan(before, self_draft, COLORS)
+    assert fleet.prunable(before, plan["state_after"])["models"] == [DRAFT["path"]]
+    kept = fleet.upgrade_plan(before, fleet.color_record("b1", QWEN14, "x", 1, DRAFT), COLORS)
+    assert fleet.prunable(before, kept["state_after"])["models"] == []
+
+
 # --- rollback -------------------------------------------------------------------
 
 

@@ -112,3 +112,83 @@ def test_a_bad_flash_attention_value_is_named() -> None:
     hardware = {"driver_loaded": False, "gpus": [], "memory_total_mib": 1024}
     with pytest.raises(ValueError, match="flash_attention is 'yes'; allowed: auto, on, off"):
         service.serving_config(hardware, MODEL, {"flash_attention": "yes"})
+
+
+DRAFT = {
+    "name": "SmolLM2-135M-Instruct-draft",
+    "path": "/data/models/d/d.gguf",
+    "sha256": "e" * 64,
+    "artifact": "model-draft",
+    "size": 98362432,
+    "max_tokens": 16,
+    "min_tokens": 2,
+    "p_min": 0.75,
+}
+
+
+def test_a_model_with_a_draft_serves_with_speculative_decoding_on_the_cpu() -> None:
+    hardware = {"driver_loaded": False, "gpus": [], "memory_total_mib": 24105}
+    config = service.serving_config(hardware, {**MODEL, "draft": DRAFT}, SETTINGS)
+    assert config["speculative"] == {
+        "type": "draft-simple",
+        "draft": {
+            "name": "SmolLM2-135M-Instruct-draft",
+            "path": "/data/models/d/d.gguf",
+            "sha256": "e" * 64,
+            "artifact": "model-draft",
+        },
+        "max_tokens": 16,
+        "min_tokens": 2,
+        "p_min": 0.75,
+        "n_gpu_layers": 0,
+    }
+    args = service.llama_server_args(config, "", MODEL["path"], listen=False)
+    start = args.index("--spec-type")
+    assert args[start : start + 10] == [
+        "--spec-type", "draft-simple",
+        "--spec-draft-model", "/data/models/d/d.gguf",
+        "--spec-draft-n-max", "16",
+        "--spec-draft-n-min", "2",
+        "--spec-draft-p-min", "0.75",
+    ]  # fmt: skip
+    assert "--spec-draft-ngl" not in args  # the engine ignores it on the CPU, with a warning
+
+
+def test_on_gpus_the_draft_goes_where_the_model_goes() -> None:
+    hardware = {
+        "driver_loaded": True,
+        "memory_total_mib": 65536,
+        "gpus": [{"index": 0, "usable_vram_mib": 12288}],
+    }
+    config = service.serving_config(hardware, {**MODEL, "draft": {**DRAFT, "p_min": 1}}, SETTINGS)
+    assert config["speculative"]["n_gpu_layers"] == 999
+    args = service.llama_server_args(config)
+    assert args[args.index("--spec-draft-ngl") + 1] == "999"
+    assert args[args.index("--spec-draft-p-min") + 1] == "1"
+
+
+@pytest.mark.parametrize("off", [False, "false", "False", "no", "0"])
+def test_speculative_decoding_off_on_a_host_or_for_a_model_without_a_draft(off: object) -> None:
+    hardware = {"driver_loaded": False, "gpus": [], "memory_total_mib": 24105}
+    config = service.serving_config(
+        hardware, {**MODEL, "draft": DRAFT}, {**SETTINGS, "speculative": off}
+    )
+    assert config["speculative"] is None
+    assert not any(arg.startswith("--spec") for arg in service.llama_server_args(config))
+    for model in (MODEL, {**MODEL, "draft": None}):
+        assert service.serving_config(hardware, model, SETTINGS)["speculative"] is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"max_tokens": 0}, "max_tokens is 0; allowed: 1 to 256"),
+        ({"p_min": 1.5}, "p_min is 1.5; allowed: 0.0 to 1.0"),
+        ({"min_tokens": 17}, "min_tokens 17 is more than its max_tokens 16"),
+        ({"max_tokens": "many"}, "max_tokens is 'many'"),
+    ],
+)
+def test_bad_draft_numbers_are_named(changes: dict[str, object], message: str) -> None:
+    hardware = {"driver_loaded": False, "gpus": [], "memory_total_mib": 1024}
+    with pytest.raises(ValueError, match=message):
+        service.serving_config(hardware, {**MODEL, "draft": {**DRAFT, **changes}}, SETTINGS)
