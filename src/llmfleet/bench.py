@@ -13,9 +13,10 @@ What it does, per level (a fixed concurrency, or an open-loop request rate):
    concurrency ``N`` requests are in flight at all times (closed loop), at a rate they are
    sent at the times of a seeded Poisson process whatever the server does (open loop, as
    vLLM's ``--request-rate``), at most ``max_in_flight`` at once when set;
-4. reads the counters again and checks the responses' token counts against their growth
-   (`llmfleet.bench_stats.cross_check`), flagging a difference over 1 %: other traffic on
-   the server, a proxy that retried, the wrong engine behind the metrics URL;
+4. reads the counters again and checks the responses' token counts (and draft tokens,
+   with speculative decoding) against their growth (`llmfleet.bench_stats.cross_check`),
+   flagging a difference over 1 %: other traffic on the server, a proxy that retried, the
+   wrong engine behind the metrics URL;
 5. reports TTFT, TPOT, ITL and end-to-end latency as distributions (mean, min, max, p50,
    p90, p99), throughput, and goodput against the user's objectives. The definitions, the
    percentile method and the rule on how many samples a percentile needs are in
@@ -60,11 +61,31 @@ measured)::
                      {objectives, good, sent, fraction, requests_per_s},
                  arrival_lag_s: null at a fixed concurrency, else {n, mean, max}
                      (how late requests left against their Poisson send times),
+                 speculative: null without speculative decoding, else {source
+                     ("timings" | "metrics"), requests (that said they drafted),
+                     draft_tokens, accepted_tokens, acceptance_rate (accepted / drafted),
+                     drafts (null: not read), mean_accepted_length (1 + accepted / drafts)},
                  server_metrics: null when not read, else {url, error, tolerance,
                      prompt_tokens {client, server, relative_difference, flagged, basis},
                      output_tokens {client, server, relative_difference, flagged},
+                     draft_tokens, accepted_draft_tokens: null when the server does not
+                         count drafts, else as output_tokens,
+                     drafts (the server's count of drafts checked, or null),
                      problems [text], flagged},
                  errors [{reason, count}], errors_left_out
+
+``levels[].speculative`` and the draft entries of ``server_metrics`` came after the first
+documents of ``llmfleet.bench/2``: a reader takes a level without them as one without
+speculative decoding (the schema has them optional; the version did not change, as every
+older document still holds).
+
+Speculative decoding (a draft model proposes tokens, the model checks them in one batch):
+llama-server's last ``timings`` of a response say ``draft_n`` (tokens drafted) and
+``draft_n_accepted`` (kept), and /metrics counts the same
+(``llamacpp:spec_decode_num_draft_tokens_total``, ``..._accepted_tokens_total``) and the
+drafts checked (``..._drafts_total``); the check compares them as it does the tokens. The
+speedup of a draft model is two runs side by side: ``--baseline`` (or ``llmfleet
+bench-compare``, `llmfleet.bench_compare`) gives the ratio of tokens per second and TPOT.
 
 Only successful requests enter the distributions, the throughput and the client's token
 counts; ``levels[].failed`` counts the rest (HTTP errors, cut or malformed streams,
@@ -96,11 +117,13 @@ from llmfleet.bench_stats import (
     SAMPLE_RULE,
     ClientTokens,
     Objective,
+    acceptance_rate,
     cross_check,
     distribution,
     goodput,
     inter_token_latencies,
     mean,
+    mean_accepted_length,
     min_samples,
     parse_metrics,
     percentile_key,
@@ -477,6 +500,8 @@ class RequestResult:
     prompt_processed: int | None = None  # timings.prompt_n
     content_chunks: int = 0
     reasoning_chunks: int = 0
+    draft_tokens: int | None = None  # timings.draft_n (speculative decoding; None: not said)
+    draft_accepted: int | None = None  # timings.draft_n_accepted
     scheduled_s: float | None = None  # open loop: the Poisson send time, from the level's start
     started_s: float | None = None  # when it was sent, from the level's start
 
@@ -518,6 +543,8 @@ class StreamSummary:
     prompt_processed: int | None = None
     server_tokens_per_s: float | None = None
     model: str | None = None
+    draft_tokens: int | None = None
+    draft_accepted: int | None = None
 
 
 def sse_events(lines: Iterable[bytes]) -> Iterator[str]:
@@ -573,7 +600,9 @@ def read_stream(
 
     Notes `clock()` at each chunk that carries text (answer or thinking). Output tokens come
     from ``usage.completion_tokens``, else llama-server's ``timings.predicted_n``, else the
-    number of such chunks. Raises StreamError when a chunk is not JSON, the server sends an
+    number of such chunks. With speculative decoding llama-server's last ``timings`` also say
+    how many tokens the draft model proposed (``draft_n``) and how many the model accepted
+    (``draft_n_accepted``). Raises StreamError when a chunk is not JSON, the server sends an
     error, or the stream ends before ``[DONE]``.
     """
     summary = StreamSummary()
@@ -612,6 +641,9 @@ def read_stream(
             summary.prompt_processed = _int(timings.get("prompt_n"))
             if isinstance(timings.get("predicted_per_second"), int | float):
                 summary.server_tokens_per_s = float(timings["predicted_per_second"])
+            # llama-server says these only for a request that drafted (speculative decoding)
+            summary.draft_tokens = _int(timings.get("draft_n"))
+            summary.draft_accepted = _int(timings.get("draft_n_accepted"))
     else:
         raise StreamError("malformed stream: it ended before data: [DONE]")
     chunks = len(summary.token_times)
@@ -685,6 +717,8 @@ def send_request(config: BenchConfig, prompt: Prompt) -> RequestResult:
             prompt_processed=summary.prompt_processed,
             content_chunks=summary.content_chunks,
             reasoning_chunks=summary.reasoning_chunks,
+            draft_tokens=summary.draft_tokens,
+            draft_accepted=summary.draft_accepted,
         )
     except StreamError as exc:
         return failed(str(exc))
@@ -795,22 +829,56 @@ def _open_loop(
 
 def client_tokens(results: Iterable[RequestResult]) -> ClientTokens:
     """What the successful responses said they used, summed."""
-    prompt = cached = processed = output = 0
+    prompt = cached = processed = output = drafted = accepted = 0
     for result in results:
         if not result.ok:
             continue
         prompt += result.prompt_tokens or 0
         cached += result.cached_tokens or 0
+        drafted += result.draft_tokens or 0
+        accepted += result.draft_accepted or 0
         if result.prompt_processed is not None:
             processed += result.prompt_processed
         else:
             processed += (result.prompt_tokens or 0) - (result.cached_tokens or 0)
         output += result.completion_tokens
-    return ClientTokens(prompt, cached, processed, output)
+    return ClientTokens(prompt, cached, processed, output, drafted, accepted)
 
 
 def _rounded(value: float | None, digits: int = 6) -> float | None:
     return None if value is None else round(value, digits)
+
+
+def speculative_summary(
+    ok: Sequence[RequestResult], server_metrics: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """Speculative decoding over a level's successful requests: None when no response said it
+    drafted and the server's counters (when read) count no draft; else the tokens drafted
+    and accepted, the acceptance rate, and the server's drafts and mean accepted length.
+
+    The rate is the responses' (``timings.draft_n``, ``draft_n_accepted``, summed), else the
+    server's counters' when no response said (a proxy that drops ``timings``): ``source``."""
+    drafting = [r for r in ok if r.draft_tokens is not None]
+    drafted = sum(r.draft_tokens or 0 for r in drafting)
+    accepted = sum(r.draft_accepted or 0 for r in drafting)
+    check = server_metrics if server_metrics and not server_metrics.get("error") else {}
+    server_drafted = (check.get("draft_tokens") or {}).get("server")
+    server_accepted = (check.get("accepted_draft_tokens") or {}).get("server")
+    drafts = check.get("drafts")
+    if not drafted and not server_drafted:
+        return None
+    source = "timings" if drafted else "metrics"
+    if source == "metrics":
+        drafted, accepted = server_drafted or 0, server_accepted or 0
+    return {
+        "source": source,
+        "requests": len(drafting),
+        "draft_tokens": drafted,
+        "accepted_tokens": accepted,
+        "acceptance_rate": acceptance_rate(drafted, accepted),
+        "drafts": drafts,
+        "mean_accepted_length": mean_accepted_length(server_accepted, drafts),
+    }
 
 
 def summarize_level(
@@ -878,6 +946,7 @@ def summarize_level(
             if run.level.rate is not None
             else None
         ),
+        "speculative": speculative_summary(ok, server_metrics),
         "server_metrics": server_metrics,
         "errors": [
             {"reason": reason, "count": count} for reason, count in reasons.most_common(MAX_REASONS)
@@ -1001,6 +1070,15 @@ SUMMARY_COLUMNS = (
 )
 LATENCY_COLUMNS = ("level", "metric", "n", "mean", *(f"p{p}" for p in PERCENTILES), "max")
 CHECK_COLUMNS = ("level", "tokens", "client", "server", "difference", "check")
+SPECULATIVE_COLUMNS = (
+    "level",
+    "requests",
+    "drafted",
+    "accepted",
+    "acceptance",
+    "drafts",
+    "tokens/draft",
+)
 METRICS = (("ttft_s", "TTFT ms"), ("tpot_s", "TPOT ms"), ("itl_s", "ITL ms"), ("e2e_s", "E2E ms"))
 
 
@@ -1024,15 +1102,24 @@ def _check_rows(level: dict[str, Any]) -> list[tuple[str, ...]]:
     if check is None or check.get("error"):
         return []
     rows = []
-    for key, label in (("prompt_tokens", "prompt"), ("output_tokens", "output")):
+    for key, label in (
+        ("prompt_tokens", "prompt"),
+        ("output_tokens", "output"),
+        ("draft_tokens", "drafted"),
+        ("accepted_draft_tokens", "draft accepted"),
+    ):
         comparison = check.get(key)
         if comparison is None:
             continue
+        if key not in ("prompt_tokens", "output_tokens") and not (
+            comparison["client"] or comparison["server"]
+        ):
+            continue  # no speculative decoding on either side: nothing to say
         difference = comparison["relative_difference"]
         rows.append(
             (
                 level["name"],
-                label if key == "output_tokens" else f"{label} ({comparison['basis']})",
+                f"{label} ({comparison['basis']})" if key == "prompt_tokens" else label,
                 str(comparison["client"]),
                 str(comparison["server"]),
                 "-" if difference is None else f"{difference * 100:+.2f}%",
@@ -1062,6 +1149,12 @@ def _level_notes(level: dict[str, Any]) -> list[str]:
         notes.append(
             f"{name}: {cached} of {round(prompt_total)} prompt tokens came from the server's "
             "cache: these prompts were sent before (use another --seed, or no --prompt-cache)"
+        )
+    speculative = level.get("speculative")
+    if speculative and speculative["source"] == "metrics":
+        notes.append(
+            f"{name}: no response said what it drafted (timings left out on the way?): the "
+            "acceptance is the server's counters'"
         )
     check = level["server_metrics"]
     if check is not None and check.get("error"):
@@ -1133,6 +1226,23 @@ def format_report(document: dict[str, Any]) -> str:
                 )
             )
     lines.extend(["", format_table(latency, LATENCY_COLUMNS)])
+    speculative = [
+        (
+            level["name"],
+            str(spec["requests"]),
+            str(spec["draft_tokens"]),
+            str(spec["accepted_tokens"]),
+            "-" if spec["acceptance_rate"] is None else f"{spec['acceptance_rate'] * 100:.1f}%",
+            "-" if spec["drafts"] is None else str(spec["drafts"]),
+            _num(spec["mean_accepted_length"], 2),
+        )
+        for level in document["levels"]
+        for spec in [level.get("speculative")]
+        if spec
+    ]
+    if speculative:
+        lines.extend(["", "speculative decoding (draft model): tokens drafted and accepted"])
+        lines.append(format_table(speculative, SPECULATIVE_COLUMNS))
     checks = [row for level in document["levels"] for row in _check_rows(level)]
     if checks:
         lines.extend(["", f"server metrics: {settings['metrics_url']}"])

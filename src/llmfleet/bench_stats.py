@@ -224,6 +224,12 @@ def goodput(
 PROMPT_COUNTER = "llamacpp:prompt_tokens_total"
 CACHED_COUNTER = "llamacpp:prompt_tokens_cached_total"
 OUTPUT_COUNTER = "llamacpp:tokens_predicted_total"
+#: Speculative decoding (llama-server exports them from the version the bundle builds; they
+#: stay 0 on a server without a draft model): tokens drafted, drafted tokens the model
+#: accepted, and drafts checked (one batch of the model each).
+DRAFT_COUNTER = "llamacpp:spec_decode_num_draft_tokens_total"
+ACCEPTED_COUNTER = "llamacpp:spec_decode_num_accepted_tokens_total"
+DRAFTS_COUNTER = "llamacpp:spec_decode_num_drafts_total"
 
 _SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
 
@@ -268,6 +274,23 @@ class ClientTokens:
     prompt_cached: int  # usage.prompt_tokens_details.cached_tokens
     prompt_processed: int  # timings.prompt_n, else prompt - cached
     output: int  # usage.completion_tokens (else timings.predicted_n, else chunks)
+    draft: int = 0  # timings.draft_n: tokens the draft model proposed
+    draft_accepted: int = 0  # timings.draft_n_accepted: of those, the ones the model kept
+
+
+def acceptance_rate(drafted: float | None, accepted: float | None) -> float | None:
+    """Accepted draft tokens over drafted ones (0..1); None when nothing was drafted."""
+    if not drafted or accepted is None:
+        return None
+    return _rounded(accepted / drafted, 4)
+
+
+def mean_accepted_length(accepted: float | None, drafts: float | None) -> float | None:
+    """Tokens each check of a draft gave, the model's own token included: ``1 + accepted /
+    drafts`` (llama-server's "mean len"); None without a draft checked."""
+    if not drafts or accepted is None:
+        return None
+    return _rounded(1 + accepted / drafts, 4)
 
 
 def cross_check(
@@ -285,6 +308,12 @@ def cross_check(
     ``llamacpp:tokens_predicted_total`` counter against the responses' completion tokens.
     A comparison is flagged when the relative difference is over `tolerance`. A counter that
     is missing, or went down (the server restarted), leaves that comparison out with a reason.
+
+    Speculative decoding, where the server exports its counters: the drafted and the accepted
+    draft tokens against the responses' ``timings.draft_n`` and ``draft_n_accepted``
+    (``draft_tokens``, ``accepted_draft_tokens``), and ``drafts``, the drafts the model
+    checked (the server alone counts them). A server without those counters (an older
+    llama-server, another engine) leaves them null, with no problem: it has no drafts to count.
     """
     result: dict[str, Any] = {"tolerance": tolerance, "prompt_tokens": None, "output_tokens": None}
     problems: list[str] = []
@@ -310,9 +339,20 @@ def cross_check(
         result["prompt_tokens"] = comparison
     if output is not None and output >= 0:
         result["output_tokens"] = _comparison(client.output, output, tolerance)
+    drafted, accepted, drafts = delta(DRAFT_COUNTER), delta(ACCEPTED_COUNTER), delta(DRAFTS_COUNTER)
+    for key, name, client_count, value in (
+        ("draft_tokens", DRAFT_COUNTER, client.draft, drafted),
+        ("accepted_draft_tokens", ACCEPTED_COUNTER, client.draft_accepted, accepted),
+    ):
+        result[key] = None
+        if value is not None and value < 0:
+            problems.append(f"{name} went down: the server restarted during the level")
+        elif value is not None:
+            result[key] = _comparison(client_count, value, tolerance)
+    result["drafts"] = int(drafts) if drafts is not None and drafts >= 0 else None
     result["problems"] = problems
     result["flagged"] = bool(problems) or any(
         result[key] is not None and result[key]["flagged"]
-        for key in ("prompt_tokens", "output_tokens")
+        for key in ("prompt_tokens", "output_tokens", "draft_tokens", "accepted_draft_tokens")
     )
     return result

@@ -132,6 +132,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         parse_rates,
         run_benchmark,
     )
+    from llmfleet.bench_compare import compare, format_comparison, load_bench
     from llmfleet.bench_stats import parse_objectives
 
     try:
@@ -155,6 +156,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         levels = tuple(Level(concurrency=n) for n in concurrency) + tuple(
             Level(rate=rate, max_in_flight=args.max_in_flight) for rate in rates
         )
+        baseline = load_bench(Path(args.baseline)) if args.baseline else None
         config = BenchConfig(
             endpoint=args.endpoint,
             levels=levels,
@@ -189,6 +191,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(format_report(document))
     if args.json:
         write_json(Path(args.json), document)
+    if baseline is not None:
+        print()
+        print(format_comparison(compare(baseline, document, args.baseline, args.json)))
     failed = all_failed_levels(document)
     if failed:
         print(f"FAILED: every request failed at {', '.join(failed)}", file=sys.stderr)
@@ -404,6 +409,12 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:  # type: ign
     parser.add_argument("--model", metavar="NAME", help="the request's model field (optional)")
     add_api_key_file_argument(parser)
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    parser.add_argument(
+        "--baseline",
+        metavar="PATH",
+        help="an earlier result (--json) to compare this run with, level by level: the ratio "
+        "of output tokens/s and of TPOT (e.g. the same server without its draft model)",
+    )
     add_number_arguments(
         parser,
         (
@@ -422,6 +433,37 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:  # type: ign
     parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up request")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     parser.set_defaults(func=cmd_bench)
+
+
+def cmd_bench_compare(args: argparse.Namespace) -> int:
+    from llmfleet.bench_compare import compare, format_comparison, load_bench
+
+    try:
+        baseline, candidate = load_bench(Path(args.baseline)), load_bench(Path(args.candidate))
+    except ValueError as exc:
+        print(f"llmfleet bench-compare: {exc}", file=sys.stderr)
+        return 2
+    document = compare(baseline, candidate, args.baseline, args.candidate)
+    print(format_comparison(document))
+    if args.json:
+        write_json(Path(args.json), document)
+    return 0
+
+
+def add_bench_compare_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = commands.add_parser(
+        "bench-compare",
+        help="two bench results side by side: the speedup of one server over another",
+        description="Match the levels of two `llmfleet bench --json` results by name and "
+        "print, per level, each side's output tokens/s and TPOT (p50) with their ratios, "
+        "candidate over baseline (tokens/s above 1 and TPOT below 1 are faster), and the "
+        "acceptance rate of speculative decoding where a side has a draft model. Settings of "
+        "the workload that differ are named first.",
+    )
+    parser.add_argument("baseline", metavar="BASELINE", help="the result compared against")
+    parser.add_argument("candidate", metavar="CANDIDATE", help="the result measured against it")
+    parser.add_argument("--json", metavar="PATH", help="also write the comparison as JSON to PATH")
+    parser.set_defaults(func=cmd_bench_compare)
 
 
 def cmd_load(args: argparse.Namespace) -> int:
@@ -491,6 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(func=cmd_report)
     add_bundle_parser(commands)
     add_bench_parser(commands)
+    add_bench_compare_parser(commands)
     add_load_parser(commands)
     add_receiver_parser(commands)
     return parser

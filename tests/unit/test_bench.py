@@ -52,6 +52,13 @@ from llmfleet.bench import (
     send_request,
     summarize_level,
 )
+from llmfleet.bench_compare import (
+    COMPARE_SCHEMA_FILE,
+    CompareError,
+    compare,
+    format_comparison,
+    load_bench,
+)
 from llmfleet.bench_stats import Objective, poisson_arrivals
 from llmfleet.cli import main
 from llmfleet.validation import check, compile_schema
@@ -83,6 +90,12 @@ class FakeState:
     metrics: str = "on"  # on | off (501) | no_cached_counter
     extra_predicted: int = 0  # tokens the server counts beyond what it sends, per request
     metrics_basic: str | None = None  # /metrics asks for basic auth "USER:PASSWORD" instead
+    # speculative decoding, per request: tokens drafted, accepted, drafts checked (0: none)
+    draft_n: int = 0
+    draft_accepted: int = 0
+    drafts: int = 0
+    draft_timings: bool = True  # the last timings say draft_n (False: dropped on the way)
+    draft_counters: bool = True  # /metrics has the llamacpp:spec_decode_ counters
     lock: threading.Lock = field(default_factory=threading.Lock)
     release: threading.Event = field(default_factory=threading.Event)
     count: int = 0
@@ -95,6 +108,9 @@ class FakeState:
     prompt_total: int = 0
     cached_total: int = 0
     predicted_total: int = 0
+    draft_total: int = 0
+    accepted_total: int = 0
+    drafts_total: int = 0
 
 
 def sse(payload: dict[str, Any] | str) -> bytes:
@@ -190,6 +206,14 @@ class FakeHandler(BaseHTTPRequestHandler):
             ]
             if state.metrics != "no_cached_counter":
                 text.append(f"llamacpp:prompt_tokens_cached_total {state.cached_total}")
+            if state.draft_counters:  # as llama-server's, 0 without a draft model
+                text += [
+                    f"llamacpp:spec_decode_num_draft_tokens_total {state.draft_total}",
+                    f"llamacpp:spec_decode_num_accepted_tokens_total {state.accepted_total}",
+                    f"llamacpp:spec_decode_num_drafts_total {state.drafts_total}",
+                    "llamacpp:spec_decode_num_accepted_tokens_per_pos_total"
+                    f'{{position="0"}} {state.drafts_total}',
+                ]
         body = ("\n".join(text) + "\n").encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain; version=0.0.4")
@@ -267,6 +291,9 @@ class FakeHandler(BaseHTTPRequestHandler):
             state.prompt_total += prompt - cached
             state.cached_total += cached
             state.predicted_total += tokens + state.extra_predicted
+            state.draft_total += state.draft_n
+            state.accepted_total += state.draft_accepted
+            state.drafts_total += state.drafts
         self._leave()
         self._chunk(sse(chunk(finish_reason="length")))
         last: dict[str, Any] = {"choices": []}
@@ -284,6 +311,10 @@ class FakeHandler(BaseHTTPRequestHandler):
                 "predicted_n": tokens,
                 "predicted_per_second": 250.0,
             }
+            if state.draft_n and state.draft_timings:  # llama-server: only when it drafted
+                last["timings"].update(
+                    {"draft_n": state.draft_n, "draft_n_accepted": state.draft_accepted}
+                )
         if len(last) > 1:
             self._chunk(sse(chunk(**last)))
         if state.mode != "no_done":
@@ -949,3 +980,249 @@ def test_secrets_stay_out_of_messages_and_settings() -> None:
     assert (cfg.settings()["api_key"], cfg.settings()["metrics_auth"]) == (True, True)
     with pytest.raises(ValueError, match="USER:PASSWORD"):
         BenchConfig("http://gpu-01:8080", metrics_auth="no-colon")
+
+
+# -- speculative decoding ----------------------------------------------------------------------
+
+
+def test_read_stream_reads_what_the_draft_model_proposed_and_the_model_kept() -> None:
+    events = [sse(chunk(content="Hello")), sse(chunk(content=" world"))]
+    timings = {"predicted_n": 2, "draft_n": 20, "draft_n_accepted": 17}
+    summary = read_stream(lines(*events, sse(chunk(timings=timings)), sse("[DONE]")))
+    assert (summary.draft_tokens, summary.draft_accepted) == (20, 17)
+    summary = read_stream(lines(*events, sse(chunk(timings={"predicted_n": 2})), sse("[DONE]")))
+    assert (summary.draft_tokens, summary.draft_accepted) == (None, None)
+
+
+def test_a_level_reports_the_acceptance_of_the_draft_model(server: FakeServer) -> None:
+    # each request: 30 tokens drafted, 24 kept, in 6 drafts; 4 requests: 120 drafted, 96
+    # kept (80 %), 24 drafts, so each check of a draft gave 1 + 96 / 24 = 5 tokens
+    server.state.draft_n, server.state.draft_accepted, server.state.drafts = 30, 24, 6
+    level = run_level(config(server, requests=4, output_tokens=8), Level(concurrency=2))
+    assert level["speculative"] == {
+        "source": "timings",
+        "requests": 4,
+        "draft_tokens": 120,
+        "accepted_tokens": 96,
+        "acceptance_rate": 0.8,
+        "drafts": 24,
+        "mean_accepted_length": 5.0,
+    }
+    check = level["server_metrics"]
+    assert check["draft_tokens"] == {
+        "client": 120,
+        "server": 120,
+        "relative_difference": 0.0,
+        "flagged": False,
+    }
+    assert (check["accepted_draft_tokens"]["client"], check["accepted_draft_tokens"]["server"]) == (
+        96,
+        96,
+    )
+    assert (check["drafts"], check["flagged"]) == (24, False)
+    report = format_report(document_of(level))
+    assert re.search(r"concurrency 2\s+4\s+120\s+96\s+80\.0%\s+24\s+5\.00", report)
+    assert re.search(r"concurrency 2\s+drafted\s+120\s+120\s+\+0\.00%\s+ok", report)
+    assert re.search(r"concurrency 2\s+draft accepted\s+96\s+96\s+\+0\.00%\s+ok", report)
+
+
+def test_a_level_without_speculative_decoding_says_nothing_of_drafts(server: FakeServer) -> None:
+    level = run_level(config(server), Level(concurrency=1))
+    assert level["speculative"] is None
+    assert level["server_metrics"]["draft_tokens"]["server"] == 0  # counted, and still
+    report = format_report(document_of(level))
+    assert "speculative decoding" not in report and "drafted" not in report
+    server.state.draft_counters = False  # a server that does not count drafts at all
+    level = run_level(config(server), Level(concurrency=1))
+    assert level["speculative"] is None
+    assert level["server_metrics"]["draft_tokens"] is None
+    assert level["server_metrics"]["flagged"] is False
+
+
+def test_drafts_the_responses_do_not_tell_come_from_the_counters(server: FakeServer) -> None:
+    server.state.draft_n, server.state.draft_accepted, server.state.drafts = 10, 5, 5
+    server.state.draft_timings = False  # e.g. a proxy that keeps only the OpenAI fields
+    level = run_level(config(server, requests=2), Level(concurrency=1))
+    assert level["speculative"] == {
+        "source": "metrics",
+        "requests": 0,
+        "draft_tokens": 20,
+        "accepted_tokens": 10,
+        "acceptance_rate": 0.5,
+        "drafts": 10,
+        "mean_accepted_length": 2.0,  # 1 + 10 / 10
+    }
+    assert level["server_metrics"]["draft_tokens"]["flagged"] is True  # 0 said, 20 counted
+    report = format_report(document_of(level))
+    assert "no response said what it drafted" in report
+
+
+def test_the_schema_holds_with_drafts_and_for_documents_from_before_them(
+    server: FakeServer,
+) -> None:
+    server.state.draft_n, server.state.draft_accepted, server.state.drafts = 12, 12, 3
+    document = run_benchmark(config(server))
+    validate(document)
+    older = json.loads(json.dumps(document))  # as written before speculative decoding
+    for level in older["levels"]:
+        del level["speculative"]
+        for key in ("draft_tokens", "accepted_draft_tokens", "drafts"):
+            del level["server_metrics"][key]
+    validate(older)
+    assert "speculative decoding" not in format_report(older)
+    broken = json.loads(json.dumps(document))
+    broken["levels"][0]["speculative"]["acceptance_rate"] = 1.5
+    validator = compile_schema(json.loads(SCHEMA_FILE.read_text()))
+    assert [problem.path for problem in check(validator, broken)] == [("levels", 0, "speculative")]
+
+
+# -- two results side by side ------------------------------------------------------------------
+
+
+def measured(document: dict[str, Any], figures: dict[str, tuple[Any, ...]]) -> dict[str, Any]:
+    """`document` with each named level's figures set by hand: (output tokens/s, TPOT p50, TPOT
+    mean, acceptance rate or None)."""
+    document = json.loads(json.dumps(document))
+    for level in document["levels"]:
+        tokens, p50, tpot_mean, acceptance = figures[level["name"]]
+        level["throughput"]["output_tokens_per_s"] = tokens
+        level["tpot_s"].update({"p50": p50, "mean": tpot_mean})
+        level["speculative"] = (
+            None
+            if acceptance is None
+            else {
+                "source": "timings",
+                "requests": level["succeeded"],
+                "draft_tokens": 100,
+                "accepted_tokens": round(100 * acceptance),
+                "acceptance_rate": acceptance,
+                "drafts": None,
+                "mean_accepted_length": None,
+            }
+        )
+    return document
+
+
+@pytest.fixture
+def two_runs(server: FakeServer) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A baseline and a candidate at concurrency 1 and 4, with figures set by hand."""
+    cfg = config(server, levels=(Level(concurrency=1), Level(concurrency=4)), requests=2)
+    document = run_benchmark(cfg)
+    baseline = measured(
+        document,
+        {"concurrency 1": (20.0, 0.05, 0.051, None), "concurrency 4": (50.0, None, 0.08, None)},
+    )
+    candidate = measured(
+        document,
+        {"concurrency 1": (30.0, 0.032, 0.033, 0.8), "concurrency 4": (45.0, 0.1, 0.1, 0.75)},
+    )
+    return baseline, candidate
+
+
+def test_compare_gives_the_ratios_per_level(
+    two_runs: tuple[dict[str, Any], dict[str, Any]],
+) -> None:
+    baseline, candidate = two_runs
+    result = compare(baseline, candidate, "base.json", "spec.json")
+    compare_validator = compile_schema(json.loads(COMPARE_SCHEMA_FILE.read_text()))
+    assert check(compare_validator, json.loads(json.dumps(result))) == []
+    first, second = result["levels"]
+    # concurrency 1: 30 / 20 tokens/s = 1.5; TPOT p50 32 / 50 ms = 0.64
+    assert (first["name"], first["tpot_basis"]) == ("concurrency 1", "p50")
+    assert (first["output_tokens_per_s_ratio"], first["tpot_ratio"]) == (1.5, 0.64)
+    assert (first["baseline"]["acceptance_rate"], first["candidate"]["acceptance_rate"]) == (
+        None,
+        0.8,
+    )
+    # concurrency 4: the baseline has no p50, so both means: 100 / 80 ms = 1.25; 45 / 50 = 0.9
+    assert (second["tpot_basis"], second["tpot_ratio"]) == ("mean", 1.25)
+    assert second["output_tokens_per_s_ratio"] == 0.9
+    assert (second["baseline"]["tpot_s"], second["candidate"]["tpot_s"]) == (0.08, 0.1)
+    assert result["workload_differences"] == []
+    assert result["baseline"]["file"] == "base.json"
+    text = format_comparison(result)
+    assert re.search(
+        r"concurrency 1\s+20\.0\s+30\.0\s+1\.500x\s+50\.0\s+32\.0\s+0\.640x\s+-\s+80\.0%", text
+    )
+    assert re.search(
+        r"concurrency 4\s+50\.0\s+45\.0\s+0\.900x\s+80\.0 \(mean\)\s+100\.0 \(mean\)\s+1\.250x",
+        text,
+    )
+    assert "TPOT below 1 are faster" in text and "WORKLOADS DIFFER" not in text
+
+
+def test_compare_names_different_workloads_and_unmatched_levels(
+    two_runs: tuple[dict[str, Any], dict[str, Any]],
+) -> None:
+    baseline, candidate = two_runs
+    candidate["settings"]["output_tokens"] = 64
+    candidate["levels"][1]["name"] = "concurrency 8"
+    result = compare(baseline, candidate)
+    assert result["workload_differences"] == ["output_tokens: 6 (baseline) vs 64 (candidate)"]
+    assert [level["name"] for level in result["levels"]] == ["concurrency 1"]
+    assert (result["only_in_baseline"], result["only_in_candidate"]) == (
+        ["concurrency 4"],
+        ["concurrency 8"],
+    )
+    text = format_comparison(result)
+    assert "WORKLOADS DIFFER" in text and "output_tokens: 6 (baseline) vs 64" in text
+    assert "only in the baseline: concurrency 4" in text
+    zero = compare(
+        measured(
+            baseline,
+            {"concurrency 1": (0.0, 0.05, 0.05, None), "concurrency 4": (None, None, None, None)},
+        ),
+        baseline,
+    )
+    assert zero["levels"][0]["output_tokens_per_s_ratio"] is None  # no ratio to 0 tokens/s
+    assert zero["levels"][1]["tpot_ratio"] is None
+
+
+def test_load_bench_refuses_what_is_not_a_bench_result(
+    tmp_path: Path, two_runs: tuple[dict[str, Any], dict[str, Any]]
+) -> None:
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(two_runs[0]))
+    assert load_bench(good)["levels"][0]["throughput"]["output_tokens_per_s"] == 20.0
+    cases = {
+        "missing.json": (None, "cannot be read"),
+        "text.json": ("not json", "not JSON"),
+        "other.json": (json.dumps({"schema": "llmfleet.bench/1"}), "schema is 'llmfleet.bench/1'"),
+        "broken.json": (
+            json.dumps({**two_runs[0], "levels": "none"}),
+            "not a valid llmfleet.bench/2 document: levels",
+        ),
+    }
+    for name, (content, message) in cases.items():
+        if content is not None:
+            (tmp_path / name).write_text(content)
+        with pytest.raises(CompareError, match=re.escape(message)):
+            load_bench(tmp_path / name)
+
+
+def test_cli_bench_compare_and_bench_baseline(
+    server: FakeServer,
+    tmp_path: Path,
+    two_runs: tuple[dict[str, Any], dict[str, Any]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    base, spec = tmp_path / "base.json", tmp_path / "spec.json"
+    base.write_text(json.dumps(two_runs[0]))
+    spec.write_text(json.dumps(two_runs[1]))
+    out = tmp_path / "compare.json"
+    assert main(["bench-compare", str(base), str(spec), "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"baseline    {base}: " in printed and "1.500x" in printed
+    assert json.loads(out.read_text())["levels"][0]["tpot_ratio"] == 0.64
+    assert main(["bench-compare", str(base), str(tmp_path / "nothing.json")]) == 2
+    assert "nothing.json: cannot be read" in capsys.readouterr().err
+    # a run compared with a baseline as it ends; a bad baseline stops it before any request
+    sent = server.state.count
+    argv = ["bench", server.endpoint, "--concurrency", "1,4", "--requests", "2", "-q"]
+    argv += ["--input-tokens", "16", "--output-tokens", "6"]
+    assert main([*argv, "--baseline", str(tmp_path / "nothing.json")]) == 2
+    assert server.state.count == sent
+    assert main([*argv, "--baseline", str(base)]) == 0
+    printed = capsys.readouterr().out
+    assert f"baseline    {base}: " in printed
+    assert re.search(r"concurrency 1\s+20\.0\s+\d+\.\d\s+\d+\.\d+x", printed)

@@ -12,15 +12,20 @@ import pytest
 
 from llmfleet.bench_prompts import WORDS, PromptError, exact_prompt, word_text
 from llmfleet.bench_stats import (
+    ACCEPTED_COUNTER,
     CACHED_COUNTER,
+    DRAFT_COUNTER,
+    DRAFTS_COUNTER,
     OUTPUT_COUNTER,
     PROMPT_COUNTER,
     ClientTokens,
     Objective,
+    acceptance_rate,
     cross_check,
     distribution,
     goodput,
     inter_token_latencies,
+    mean_accepted_length,
     meets,
     min_samples,
     parse_metrics,
@@ -246,6 +251,62 @@ def test_cross_check_names_missing_and_reset_counters() -> None:
     assert any("does not export llamacpp:tokens_predicted_total" in p for p in missing["problems"])
     restarted = cross_check(client, counters(500, 0, 500), counters(10, 0, 4))
     assert any("restarted" in problem for problem in restarted["problems"])
+
+
+def test_cross_check_compares_draft_tokens_and_counts_drafts() -> None:
+    # 3 requests drafted 40, 35 and 45 tokens (120); the model kept 30, 30 and 36 (96); the
+    # server checked 24 drafts. Its counters moved by the same, but one accepted token more.
+    client = ClientTokens(
+        prompt=60, prompt_cached=0, prompt_processed=60, output=96, draft=120, draft_accepted=96
+    )
+    before = {**counters(0, 0, 0), DRAFT_COUNTER: 500, ACCEPTED_COUNTER: 400, DRAFTS_COUNTER: 90}
+    after = {**counters(60, 0, 96), DRAFT_COUNTER: 620, ACCEPTED_COUNTER: 497, DRAFTS_COUNTER: 114}
+    check = cross_check(client, before, after)
+    assert check["draft_tokens"] == {
+        "client": 120,
+        "server": 120,
+        "relative_difference": 0.0,
+        "flagged": False,
+    }
+    assert check["accepted_draft_tokens"] == {
+        "client": 96,
+        "server": 97,
+        "relative_difference": pytest.approx(-1 / 97, abs=1e-6),  # -1.03 %: over 1 %
+        "flagged": True,
+    }
+    assert check["drafts"] == 24
+    assert check["flagged"] is True and check["problems"] == []
+
+
+def test_cross_check_without_draft_counters_says_nothing_of_drafts() -> None:
+    client = ClientTokens(prompt=10, prompt_cached=0, prompt_processed=10, output=4)
+    check = cross_check(client, counters(0, 0, 0), counters(10, 0, 4))
+    assert (check["draft_tokens"], check["accepted_draft_tokens"], check["drafts"]) == (
+        None,
+        None,
+        None,
+    )
+    assert check["flagged"] is False and check["problems"] == []
+    # exported but still (a server without a draft model): compared, 0 against 0
+    idle = {DRAFT_COUNTER: 0, ACCEPTED_COUNTER: 0, DRAFTS_COUNTER: 0}
+    check = cross_check(client, {**counters(0, 0, 0), **idle}, {**counters(10, 0, 4), **idle})
+    assert check["draft_tokens"]["relative_difference"] == 0.0 and check["drafts"] == 0
+    assert check["flagged"] is False
+    restarted = cross_check(
+        client, {**counters(0, 0, 0), **idle, DRAFT_COUNTER: 50}, {**counters(10, 0, 4), **idle}
+    )
+    assert restarted["draft_tokens"] is None
+    assert any(f"{DRAFT_COUNTER} went down" in problem for problem in restarted["problems"])
+
+
+def test_acceptance_rate_and_mean_accepted_length() -> None:
+    assert acceptance_rate(120, 96) == 0.8
+    assert acceptance_rate(3, 2) == 0.6667  # rounded to 4 places
+    assert acceptance_rate(0, 0) is None and acceptance_rate(None, 5) is None
+    # 96 accepted over 24 drafts: each check of a draft gave 4 accepted + the model's own token
+    assert mean_accepted_length(96, 24) == 5.0
+    assert mean_accepted_length(7, 3) == 3.3333
+    assert mean_accepted_length(5, 0) is None and mean_accepted_length(None, 3) is None
 
 
 # -- prompts ---------------------------------------------------------------------------------------
