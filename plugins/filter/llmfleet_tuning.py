@@ -25,6 +25,7 @@ KNOBS = (
     "flash_attention",
     "precision",
     "kv_unified",
+    "speculative",  # the catalog's draft model on (true) or off: only where the model has one
 )
 
 
@@ -66,12 +67,26 @@ def default_grid(
     }
 
 
-def candidates(grid: Mapping[str, Iterable[Any]], limit: Any = 8) -> list[dict[str, Any]]:
+def candidates(
+    grid: Mapping[str, Iterable[Any]], limit: Any = 8, has_draft: bool | None = None
+) -> list[dict[str, Any]]:
     """Every combination of the grid, in a stable order, at most `limit` of them (the grid
-    is bounded: a larger one is refused, naming its size, instead of being cut silently)."""
+    is bounded: a larger one is refused, naming its size, instead of being cut silently).
+
+    ``speculative`` (draft model on or off) is a dimension only for a model with a draft
+    model: with ``has_draft`` false, a grid that turns it on is refused (its candidates
+    would measure the same server twice)."""
     unknown = sorted(set(grid) - set(KNOBS))
     if unknown:
         raise TuningError(f"unknown tuning knobs {', '.join(unknown)}; known: {', '.join(KNOBS)}")
+    if has_draft is False and any(
+        value is True or str(value).lower() in ("true", "yes", "on")
+        for value in grid.get("speculative") or ()
+    ):
+        raise TuningError(
+            "the tuning grid tries speculative decoding, but the model has no draft model "
+            "(model_store_models[].draft): leave speculative out of engine_tuning_grid"
+        )
     names = [name for name in KNOBS if name in grid]
     values = []
     for name in names:

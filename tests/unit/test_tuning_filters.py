@@ -58,6 +58,23 @@ def test_bad_grids_are_named(grid: dict, says: str) -> None:
         tuning.candidates(grid)
 
 
+def test_the_draft_model_on_and_off_is_a_dimension_where_the_model_has_one() -> None:
+    grid = {"threads": [2], "parallel_slots": [2, 4], "speculative": [True, False]}
+    assert tuning.candidates(grid, 8, has_draft=True) == [
+        {"threads": 2, "parallel_slots": 2, "speculative": True},
+        {"threads": 2, "parallel_slots": 2, "speculative": False},
+        {"threads": 2, "parallel_slots": 4, "speculative": True},
+        {"threads": 2, "parallel_slots": 4, "speculative": False},
+    ]
+    for on in ([True, False], ["true"], [True]):
+        with pytest.raises(tuning.TuningError, match="the model has no draft model"):
+            tuning.candidates({**grid, "speculative": on}, 8, has_draft=False)
+    # off alone is the server without a draft: allowed anywhere
+    assert len(tuning.candidates({**grid, "speculative": [False]}, 8, has_draft=False)) == 2
+    # the default grid leaves it out (twice the candidates, past the default bound)
+    assert "speculative" not in tuning.default_grid(2, 2, 4)
+
+
 @pytest.mark.parametrize("bad", [0, -1, "x", None])
 def test_bad_host_figures_are_named(bad) -> None:
     with pytest.raises(tuning.TuningError, match="must be a positive whole number"):
