@@ -1,0 +1,65 @@
+"""The fleet benchmark at N=2, so that it keeps working (scripts/fleet-bench.py).
+
+It is a benchmark, not a speed test: this asserts what the document holds and that the
+second run changed nothing, never how long anything took. The full runs (N = 1, 2, 5, 10)
+are reported in the notes. Skipped with the Molecule scenarios (LLMFLEET_SKIP_SCENARIOS=1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = [
+    pytest.mark.scenario,
+    pytest.mark.skipif(
+        os.environ.get("LLMFLEET_SKIP_SCENARIOS") == "1", reason="LLMFLEET_SKIP_SCENARIOS=1"
+    ),
+]
+
+
+def test_fleet_bench_at_two_hosts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    document_path = tmp_path / "fleet-bench.json"
+    with capsys.disabled():
+        print("\n== scripts/fleet-bench.py --hosts 2", flush=True)
+        result = subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "scripts/fleet-bench.py"),
+                "--hosts",
+                "2",
+                "--json",
+                str(document_path),
+            ],
+            cwd=REPO,
+            check=False,
+        )
+    assert result.returncode == 0, "scripts/fleet-bench.py --hosts 2 failed (see the log above)"
+    document = json.loads(document_path.read_text())
+    assert document["schema"] == "llmfleet.fleet-bench/1"
+    (run,) = document["results"]
+    assert run["hosts"] == 2
+    hosts = {"fb-host1", "fb-host2"}
+    first, noop = run["first_rollout"], run["noop"]
+    assert set(first["tasks"]) == hosts and set(noop["tasks"]) == hosts
+    assert all(
+        counts["failed"] == 0 for counts in [*first["tasks"].values(), *noop["tasks"].values()]
+    )
+    assert all(counts["changed"] > 0 for counts in first["tasks"].values())
+    assert all(counts["changed"] == 0 for counts in noop["tasks"].values()), noop["tasks"]
+    # one host built the engine, the other installed the published build
+    assert set(first["engine_s"]) == hosts
+    assert len(run["engine_install_s_others"]) == 1
+    # the first rollout downloaded at least the model from the mirror; the no-op nothing big
+    model_bytes = run["mirror_throughput"]["bytes"]
+    assert first["mirror_bytes_served"] >= 2 * model_bytes
+    assert noop["mirror_bytes_served"] < model_bytes
+    assert run["mirror_throughput"]["bytes_per_s"] > 0
+    assert first["control_cpu_s"] > 0 and noop["control_cpu_s"] > 0
