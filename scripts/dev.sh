@@ -30,12 +30,16 @@ apt_install() {
 
 ensure_venv() {
   local stamp="$venv/.llmfleet-requirements" want
-  want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+  # The control-side Python is pinned once, in the execution environment's
+  # requirements: the venv takes them as constraints, so CI, the EE and a
+  # control node run the same versions (a newer release on PyPI changes nothing).
+  want=$(cat pyproject.toml execution-environment/requirements.txt | sha256sum | cut -d' ' -f1)
   if [[ ! -x $venv/bin/python || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
     say "virtual environment $venv (pinned tools from pyproject.toml)"
     "$python" -m venv "$venv" 2>/dev/null || { apt_install python3-venv && "$python" -m venv "$venv"; }
     mkdir -p "$LLMFLEET_CACHE"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check -e ".[dev]" 2>"$LLMFLEET_CACHE/pip.log" \
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -e ".[dev]" \
+      -c execution-environment/requirements.txt 2>"$LLMFLEET_CACHE/pip.log" \
       || { grep -v '^WARNING: Location' "$LLMFLEET_CACHE/pip.log" | tail -n 30 >&2; exit 1; }
     echo "$want" >"$stamp"
   fi
