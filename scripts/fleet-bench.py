@@ -42,6 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCHEMA = "llmfleet.fleet-bench/1"
 NETWORK_SCENARIO = "fleet-bench"  # the network is llmfleet-fleet-bench
 MIRROR = "fb-mirror"
+DOCKER = "community.docker.docker"
 BUILD_TASK = "Build the server"  # roles/inference_engine/tasks/build.yml
 RECAP = re.compile(
     r"^(?P<host>\S+)\s+:\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)"
@@ -99,12 +100,14 @@ def read_timings(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def inventory(hosts: list[str], bundle: Path, key_sha256: str, secrets: Path) -> dict[str, Any]:
+def inventory(
+    hosts: list[str], bundle: Path, key_sha256: str, secrets: Path, connection: str
+) -> dict[str, Any]:
     """The benchmark's inventory: a mirror and the fleet hosts, over `docker exec`."""
     return {
         "all": {
             "vars": {
-                "ansible_connection": "community.docker.docker",
+                "ansible_connection": connection,
                 "ansible_python_interpreter": "/usr/bin/python3",
                 "llmfleet_airgapped": True,
                 "llmfleet_mirror_url": f"http://{MIRROR}",
@@ -176,20 +179,33 @@ class Bench:
         extra.write_text(json.dumps(self.platforms()))
         self.down()
         self.playbook(REPO / "molecule/resources/create.yml", "-e", f"@{extra}")
-        manifest = json.loads((self.bundle / "manifest.json").read_text())
-        path = self.work / "inventory.json"
-        path.write_text(
-            json.dumps(
-                inventory(
-                    self.hosts,
-                    self.bundle,
-                    manifest["signing_key"]["sha256"],
-                    self.cache / "fleet-bench",
-                )
-            )
-        )
+        path = self.inventory_file(DOCKER)
         self.playbook(REPO / "molecule/resources/no-route-out.yml", inventory_path=path)
         return path
+
+    def inventory_file(self, connection: str) -> Path:
+        manifest = json.loads((self.bundle / "manifest.json").read_text())
+        path = self.work / f"inventory-{connection.replace('.', '-')}.json"
+        key = manifest["signing_key"]["sha256"]
+        secrets = self.cache / "fleet-bench"
+        path.write_text(json.dumps(inventory(self.hosts, self.bundle, key, secrets, connection)))
+        return path
+
+    def run_mitogen(self, name: str) -> dict[str, Any]:
+        """The same run with Mitogen's strategy (the opt-in of README's "Faster runs").
+
+        Mitogen takes over the connections it knows by their short names: the
+        inventory names `docker` (which ansible-core routes to community.docker.docker).
+        """
+        import ansible_mitogen
+
+        strategies = Path(ansible_mitogen.__file__).parent / "plugins" / "strategy"
+        saved = dict(self.env)
+        self.env.update(ANSIBLE_STRATEGY_PLUGINS=str(strategies), ANSIBLE_STRATEGY="mitogen_linear")
+        try:
+            return self.run(self.inventory_file("docker"), name)
+        finally:
+            self.env = saved
 
     def down(self) -> None:
         extra = self.work / "platforms.json"
@@ -262,7 +278,11 @@ def builders(timings: list[dict[str, Any]]) -> set[str]:
 
 
 def summarize(
-    count: int, first: dict[str, Any], noop: dict[str, Any], mirror: dict[str, Any]
+    count: int,
+    first: dict[str, Any],
+    noop: dict[str, Any],
+    mirror: dict[str, Any],
+    noop_mitogen: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     engine = first["engine_s"]
     built = [engine[host] for host in sorted(first["engine_built_on"]) if host in engine]
@@ -276,6 +296,10 @@ def summarize(
         "hosts": count,
         "first_rollout": first,
         "noop": noop,
+        "noop_mitogen": noop_mitogen,
+        "noop_mitogen_ratio": (
+            round(noop_mitogen["wall_s"] / noop["wall_s"], 2) if noop_mitogen else None
+        ),
         "mirror_throughput": mirror,
         "engine_build_s": builder_s,
         "engine_install_s_others": installs,
@@ -291,6 +315,7 @@ def table(results: list[dict[str, Any]]) -> str:
         "N",
         "rollout s",
         "no-op s",
+        "Mitogen no-op s",
         "CPU s/host (no-op)",
         "tasks/host (no-op)",
         "engine build s",
@@ -306,6 +331,7 @@ def table(results: list[dict[str, Any]]) -> str:
                 str(r["hosts"]),
                 f"{r['first_rollout']['wall_s']:g}",
                 f"{r['noop']['wall_s']:g}",
+                f"{r['noop_mitogen']['wall_s']:g}" if r["noop_mitogen"] else "-",
                 f"{r['noop']['control_cpu_s_per_host']:g}",
                 "/".join(map(str, noop_tasks)),
                 f"{r['engine_build_s']:g}",
@@ -337,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hosts", default="1,2,5,10", help="fleet sizes, e.g. 1,2,5,10")
     parser.add_argument("--json", type=Path, help="write the document here")
     parser.add_argument("--keep", action="store_true", help="leave the last N's containers up")
+    parser.add_argument(
+        "--mitogen", action="store_true", help="also a no-op run with Mitogen's strategy"
+    )
     args = parser.parse_args(argv)
     sizes = [int(n) for n in args.hosts.split(",") if n.strip()]
     cache = Path(os.environ.get("LLMFLEET_CACHE", "/var/cache/llmfleet"))
@@ -363,8 +392,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"   first rollout {first['wall_s']} s", file=sys.stderr, flush=True)
                 noop = bench.run(inventory_path, "noop")
                 print(f"   no-op run {noop['wall_s']} s", file=sys.stderr, flush=True)
+                noop_mitogen = bench.run_mitogen("noop-mitogen") if args.mitogen else None
+                if noop_mitogen:
+                    print(
+                        f"   Mitogen no-op {noop_mitogen['wall_s']} s", file=sys.stderr, flush=True
+                    )
                 mirror = bench.mirror_throughput()
-                results.append(summarize(count, first, noop, mirror))
+                results.append(summarize(count, first, noop, mirror, noop_mitogen))
             finally:
                 if not (args.keep and count == sizes[-1]):
                     bench.down()

@@ -28,13 +28,14 @@ pytestmark = [
 def test_fleet_bench_at_two_hosts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     document_path = tmp_path / "fleet-bench.json"
     with capsys.disabled():
-        print("\n== scripts/fleet-bench.py --hosts 2", flush=True)
+        print("\n== scripts/fleet-bench.py --hosts 2 --mitogen", flush=True)
         result = subprocess.run(
             [
                 sys.executable,
                 str(REPO / "scripts/fleet-bench.py"),
                 "--hosts",
                 "2",
+                "--mitogen",
                 "--json",
                 str(document_path),
             ],
@@ -54,6 +55,12 @@ def test_fleet_bench_at_two_hosts(tmp_path: Path, capsys: pytest.CaptureFixture[
     )
     assert all(counts["changed"] > 0 for counts in first["tasks"].values())
     assert all(counts["changed"] == 0 for counts in noop["tasks"].values()), noop["tasks"]
+    # the opt-in: Mitogen's no-op run ran the same tasks and changed nothing either
+    mitogen = run["noop_mitogen"]
+    assert {host: c["run"] for host, c in mitogen["tasks"].items()} == {
+        host: c["run"] for host, c in noop["tasks"].items()
+    }
+    assert all(counts["changed"] == 0 for counts in mitogen["tasks"].values()), mitogen["tasks"]
     # one host built the engine, the other installed the published build
     assert set(first["engine_s"]) == hosts
     assert len(run["engine_install_s_others"]) == 1
