@@ -160,6 +160,74 @@ def test_a_spec_of_wheels_alone_with_several_platforms_and_extras() -> None:
     assert parse_spec({"name": "w", "wheels": [project_only]}, {}).wheels[0].requirements == ()
 
 
+def constrained(tmp_path: Path, text: str) -> list[str] | tuple[Path | None, tuple[str, ...]]:
+    """A spec in `tmp_path` whose wheel set has the constraints file `text` beside it, as
+    ../constraints.txt: its problems, or the set's constraints file and pins."""
+    (tmp_path / "constraints.txt").write_text(text)
+    (tmp_path / "bundles").mkdir(exist_ok=True)
+    data = spec_with(**{"wheels.0.constraints": "../constraints.txt"})
+    try:
+        [wheelset] = parse_spec(data, ENV, str(tmp_path / "bundles" / "spec.yml")).wheels
+    except SpecError as exc:
+        return exc.problems
+    return wheelset.constraints, wheelset.constraint_pins
+
+
+def test_a_constraints_file_is_found_beside_the_spec_and_read_as_exact_pins(
+    tmp_path: Path,
+) -> None:
+    text = (
+        "# pinned as CI runs them\n\nJinja2==3.1.6\n  MarkupSafe == 3.0.4   # Jinja2's\n"
+        "python_daemon==3.1.2\n"
+    )
+    assert constrained(tmp_path, text) == (
+        tmp_path / "constraints.txt",
+        ("jinja2==3.1.6", "markupsafe==3.0.4", "python-daemon==3.1.2"),  # names normalized
+    )
+    assert constrained(tmp_path, "# nothing pinned\n") == (tmp_path / "constraints.txt", ())
+
+
+@pytest.mark.parametrize(
+    ("line", "why"),
+    [
+        ("jinja2>=3.1", "an exact pin only"),
+        ("jinja2", "a version"),
+        ("jinja2==3.*", "no wildcard"),
+        ("molecule-plugins[docker]==26.10.12", "pip refuses extras in constraints"),
+        ("pyyaml==6.0.4; python_version < '3.12'", "no markers"),
+        ("pyyaml==6.0.4 --hash=sha256:" + SHA, "no options"),
+        ("-r other.txt", "no includes"),
+        ("./local/pkg", "no paths"),
+    ],
+)
+def test_a_constraints_line_that_is_not_an_exact_pin_names_the_entry_the_field_and_the_line(
+    tmp_path: Path, line: str, why: str
+) -> None:
+    found = constrained(tmp_path, f"# the pins\ncffi==2.1.1\n{line}\n")
+    assert found == [
+        f"{tmp_path}/bundles/spec.yml: wheels[0] (control): constraints: line 3 of "
+        f"../constraints.txt: {line!r} is not an exact pin "
+        "(allowed: name==version, comments, blank lines)"
+    ], why
+
+
+def test_a_constraints_file_pins_each_project_once_and_is_text(tmp_path: Path) -> None:
+    found = constrained(tmp_path, "PyYAML==6.0.4\njinja2==3.1.6\npyyaml==6.0.3\n")
+    assert found == [
+        f"{tmp_path}/bundles/spec.yml: wheels[0] (control): constraints: 'pyyaml' is pinned "
+        "more than once in ../constraints.txt"
+    ]
+    data = spec_with(**{"wheels.0.constraints": "."})  # the spec's own folder
+    assert problems(data) == [
+        "spec.yml: wheels[0] (control): constraints: must be a pip constraints file relative to "
+        "the spec, got '.': Is a directory"
+    ]
+    (tmp_path / "constraints.txt").write_bytes(b"cffi==2.1.1\n\xff\n")
+    data = spec_with(**{"wheels.0.constraints": "../constraints.txt"})
+    with pytest.raises(SpecError, match=re.escape("got '../constraints.txt': not UTF-8 text")):
+        parse_spec(data, ENV, str(tmp_path / "bundles" / "spec.yml"))
+
+
 #: Specs that carry no engine: the execution environment's (bundles/ci-ee.yml).
 NO_ENGINE_SPECS = ("ci-ee.yml",)
 
@@ -372,6 +440,17 @@ def test_an_unset_variable_names_the_variable_and_the_entry() -> None:
             "requirements: is required (exact pins like ansible-core==2.19.14), unless project",
         ),
         ({"wheels.0.project": "yes"}, "wheels[0] (control): project: must be true or false"),
+        (
+            {"wheels.0.constraints": ["c.txt"]},
+            "wheels[0] (control): constraints: must be a pip constraints file relative to the "
+            "spec, got ['c.txt']",
+        ),
+        ({"wheels.0.constraints": " "}, "constraints: must be a pip constraints file relative"),
+        (
+            {"wheels.0.constraints": "no-such-constraints.txt"},
+            "wheels[0] (control): constraints: must be a pip constraints file relative to the "
+            "spec, got 'no-such-constraints.txt': No such file or directory",
+        ),
     ],
 )
 def test_a_bad_spec_names_the_entry_and_the_field(changes: dict[str, Any], expected: str) -> None:
@@ -426,14 +505,20 @@ RECEIVER_SPECS = ("ci.yml", "debian12-gpu-site.yml", "ubuntu-22.04-site.yml")
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "bundles").glob("*.yml")))
 def test_every_wheel_set_control_is_the_one_the_tests_run(name: str) -> None:
     """ansible-core and ansible-runner as pyproject.toml pins them, with the project's own
-    wheel (its dependencies come from its metadata): the same set in every spec that has one,
-    and every spec for receiver hosts has one."""
+    wheel (its dependencies come from its metadata), the closure held to the execution
+    environment's pins: the same set in every spec that has one, and every spec for receiver
+    hosts has one."""
     spec = load_spec(REPO / "bundles" / name, SITE_ENV)
     sets = {wheelset.name: wheelset for wheelset in spec.wheels}
     if "control" not in sets:
         assert name not in RECEIVER_SPECS, f"bundles/{name} has no wheel set control"
         return
     pins = pyproject_pins()
+    constraints = REPO / "execution-environment" / "requirements.txt"
+    found = re.findall(r"^([^#\s]+)==(\S+)$", constraints.read_text(), re.M)
+    ee_pins = sorted(
+        f"{re.sub(r'[-_.]+', '-', name).lower()}=={version}" for name, version in found
+    )
     assert sets["control"] == WheelSet(
         "control",
         "3.11",
@@ -443,6 +528,8 @@ def test_every_wheel_set_control_is_the_one_the_tests_run(name: str) -> None:
             f"ansible-runner=={pins['ansible-runner']}",
         ),
         project=True,
+        constraints=constraints,  # the pins CI's venv and the execution environment take
+        constraint_pins=tuple(ee_pins),
     )
     pyproject = (REPO / "pyproject.toml").read_text()
     assert re.search(r'^requires-python = ">=3\.11,<3\.12"$', pyproject, re.M)

@@ -11,6 +11,7 @@ import hashlib
 import io
 import itertools
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -21,8 +22,8 @@ from typing import Any
 import pytest
 
 from llmfleet.bundle.build import BuildError, BuildResult, build_bundle
-from llmfleet.bundle.fetch import Fetcher, FetchError, pip_wheels_argv
-from llmfleet.bundle.spec import WheelSet, parse_spec
+from llmfleet.bundle.fetch import Fetcher, FetchError, HashCache, pip_wheels_argv
+from llmfleet.bundle.spec import WheelSet, load_spec, parse_spec
 from llmfleet.bundle.verify import verify_bundle
 from llmfleet.bundle.wheels import (
     PROJECT_FILES,
@@ -36,6 +37,7 @@ from llmfleet.bundle.wheels import (
     project_files,
     render_lock,
     resolution_key,
+    resolve,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -137,6 +139,19 @@ def test_the_resolution_key_follows_python_platforms_and_requirements() -> None:
     assert key != resolution_key(WheelSet("control", "3.11", ("linux_x86_64",)), ["a==1", "b==1"])
 
 
+def test_the_resolution_key_follows_the_constraints_pins_not_where_the_file_is() -> None:
+    def held(path: str, *pins: str) -> WheelSet:
+        return WheelSet("control", "3.11", CONTROL.platforms, (), False, Path(path), pins)
+
+    key = resolution_key(held("/a/c.txt", "cffi==2.1.1"), ["a==1"])
+    assert key == resolution_key(held("/elsewhere/c.txt", "cffi==2.1.1"), ["a==1"])
+    assert key != resolution_key(held("/a/c.txt", "cffi==2.1.2"), ["a==1"])
+    assert key != resolution_key(held("/a/c.txt", "cffi==2.1.1", "pyyaml==6.0.4"), ["a==1"])
+    # an empty constraints file still holds the set: not the key of a set without one
+    unheld = WheelSet("control", "3.11", CONTROL.platforms)
+    assert resolution_key(held("/a/c.txt"), ["a==1"]) != resolution_key(unheld, ["a==1"])
+
+
 def test_pip_downloads_wheels_only_for_the_sets_python_and_platforms(tmp_path: Path) -> None:
     both = WheelSet("control", "3.11", ("manylinux2014_x86_64", "manylinux_2_28_x86_64"))
     argv = pip_wheels_argv(both, ["ansible-core==2.19.14", "x==1"], tmp_path, "/py", 60, 3)
@@ -155,6 +170,14 @@ def test_pip_downloads_wheels_only_for_the_sets_python_and_platforms(tmp_path: P
         assert pair in pairs, pair
     assert "--no-deps" not in argv  # the whole closure
     assert argv[-2:] == ["ansible-core==2.19.14", "x==1"]
+    assert "-c" not in argv  # no constraints file: none given
+
+
+def test_pip_holds_the_closure_to_the_sets_constraints_file(tmp_path: Path) -> None:
+    held = WheelSet("control", "3.11", CONTROL.platforms, (), False, tmp_path / "c.txt", ())
+    argv = pip_wheels_argv(held, ["ansible-core==2.19.14"], tmp_path, "/py", 60, 3)
+    assert ("-c", str(tmp_path / "c.txt")) in itertools.pairwise(argv)
+    assert argv[-1] == "ansible-core==2.19.14"
 
 
 # --- the project's own wheel -------------------------------------------------------------------
@@ -282,7 +305,7 @@ def build(
     data: dict[str, Any], tmp_path: Path, project: Path | None = None
 ) -> tuple[BuildResult, CountingPip]:
     pip = CountingPip()
-    spec = parse_spec(data, {}, "spec.yml")
+    spec = parse_spec(data, {}, str(tmp_path / "spec.yml"))
     result = build_bundle(
         spec,
         tmp_path / "bundle",
@@ -427,3 +450,92 @@ def test_a_set_with_the_project_needs_the_projects_source(tmp_path: Path, index:
     with pytest.raises(BuildError, match=r"wheel set control: project: true needs the llmfleet"):
         build(wheels_spec(["tool==2.0"]), tmp_path, project=tmp_path / "elsewhere")
     assert not (tmp_path / "bundle").exists()
+
+
+@needs_gpg
+def test_a_constraints_file_holds_the_closure_and_a_changed_one_resolves_again(
+    tmp_path: Path, index: Path
+) -> None:
+    wheel_requiring(index, "dep-b", "1.3", [])  # newer than the pinned 1.2: what pip would take
+    build(wheels_spec(["dep-a==1.0"], project=False), tmp_path)
+    assert lock_lines(tmp_path / "bundle") == ["dep-a==1.0", "dep-b==1.3"]
+
+    constraints = tmp_path / "constraints.txt"
+    constraints.write_text("# as CI runs them\ndep-b==1.2\nunused==9.9\n")
+    held = wheels_spec(["dep-a==1.0"], project=False, constraints="constraints.txt")
+    first, pip = build(held, tmp_path)
+    [argv] = pip.calls
+    assert ("-c", str(constraints)) in itertools.pairwise(argv)
+    # the closure's dep-b is the file's; a pin of a project outside the closure adds nothing
+    assert lock_lines(tmp_path / "bundle") == ["dep-a==1.0", "dep-b==1.2"]
+    assert first.changed and first.removed == ["wheels/control/dep_b-1.3-py3-none-any.whl"]
+
+    constraints.write_text("# as CI runs them, said otherwise\n\nunused==9.9\nDep_B==1.2\n")
+    same, pip = build(held, tmp_path)  # the same pins: the cached resolution
+    assert pip.calls == [] and not same.changed
+
+    constraints.write_text("dep-b==1.3\n")
+    moved, pip = build(held, tmp_path)  # a changed file: resolved again
+    assert len(pip.calls) == 1 and moved.changed
+    assert lock_lines(tmp_path / "bundle") == ["dep-a==1.0", "dep-b==1.3"]
+    assert verify_bundle(tmp_path / "bundle")[0] == []
+
+
+@needs_gpg
+def test_constraints_that_the_requirements_cannot_meet_fail_naming_the_file(
+    tmp_path: Path, index: Path
+) -> None:
+    (tmp_path / "constraints.txt").write_text("dep-b==1.1\n")  # the index has no dep-b 1.1
+    held = wheels_spec(["dep-a==1.0"], project=False, constraints="constraints.txt")
+    with pytest.raises(FetchError) as caught:
+        build(held, tmp_path)
+    message = str(caught.value)
+    assert message.startswith(
+        "wheel set control: pip download of 1 requirements for Python 3.11 (cp311) on "
+        f"manylinux2014_x86_64, held to {tmp_path / 'constraints.txt'}, failed (exit 1)"
+    )
+    # pip's own words name the conflict
+    assert "The user requested (constraint) dep-b==1.1" in message
+    assert "dep-a 1.0 depends on dep-b>=1" in message
+    assert not (tmp_path / "bundle" / "wheels").exists()
+
+
+def test_the_shipped_control_set_resolves_to_the_execution_environments_pins(
+    tmp_path: Path, index: Path
+) -> None:
+    """bundles/ci.yml's control set, resolved by pip with what llmfleet's wheel declares,
+    against a local index where every project the constraints file pins comes at its pin and
+    at a newer version, and ansible-core and ansible-runner need them all: each lands at the
+    pin. Where pyproject.toml pins one too (PyYAML, Jinja2), pip resolves only if they agree."""
+    spec = load_spec(REPO / "bundles" / "ci.yml", {"LLMFLEET_DEBIAN_MIRROR": "http://m.test/d"})
+    control = next(wheelset for wheelset in spec.wheels if wheelset.name == "control")
+    assert control.constraints == REPO / "execution-environment" / "requirements.txt"
+    pinned = dict(pin.split("==") for pin in control.constraint_pins)
+    assert {"jinja2", "pyyaml", "cryptography", "packaging", "resolvelib"} <= set(pinned)
+    for name, version in pinned.items():
+        wheel_requiring(index, name, version, [])
+        wheel_requiring(index, name, "999.0", [])
+    for pin in control.requirements:  # each needs every pinned project, at any version
+        name, version = pin.split("==")
+        wheel_requiring(index, name, version, sorted(pinned))
+    # what llmfleet's wheel declares: pyproject.toml's dependencies (the extras come after)
+    dependencies = (REPO / "pyproject.toml").read_text().split("[project.optional-dependencies]")[0]
+    declared = re.findall(r'^    "([A-Za-z0-9._-]+==[^"]+)",$', dependencies, re.M)
+    assert {"pyyaml", "jinja2"} <= {canonical_name(pin.split("==")[0]) for pin in declared}
+    for pin in declared:
+        name, version = pin.split("==")
+        if canonical_name(name) not in pinned:
+            wheel_requiring(index, canonical_name(name), version, [])
+    said: list[str] = []
+    resolved = resolve(
+        control,
+        [*control.requirements, *declared],
+        Fetcher(retries=1),
+        tmp_path / "cache",
+        HashCache(None),
+        said.append,
+    )
+    versions = {wheel.name: wheel.version for wheel, _ in resolved}
+    assert {name: versions.get(name) for name in pinned} == pinned
+    assert (versions["ansible-core"], versions["ansible-runner"]) == ("2.19.14", "2.4.3")
+    assert len(said) == 1  # pip ran, once

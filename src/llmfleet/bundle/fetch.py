@@ -317,7 +317,8 @@ class Fetcher:
         self, wheelset: WheelSet, requirements: list[str], folder: Path, label: str
     ) -> None:
         """`pip download` the wheels of `requirements` and their whole dependency closure for
-        the set's Python and platforms into `folder` (wheels only: pip refuses sdists).
+        the set's Python and platforms into `folder` (wheels only: pip refuses sdists), held
+        to the set's constraints file when it has one.
 
         pip uses its own configuration for the index, as for a `pypi:` file.
         """
@@ -328,11 +329,13 @@ class Fetcher:
         result = self.run(argv)
         if result.returncode != 0:
             tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
+            held = f", held to {wheelset.constraints}," if wheelset.constraints else ""
             raise FetchError(
                 f"{label}: pip download of {len(requirements)} requirements for Python "
-                f"{wheelset.python} ({wheelset.abi}) on {', '.join(wheelset.platforms)} failed "
-                f"(exit {result.returncode}); every project in the closure needs a wheel for "
-                f"that Python and platform (an sdist is refused: a host cannot build it):\n{tail}"
+                f"{wheelset.python} ({wheelset.abi}) on {', '.join(wheelset.platforms)}{held} "
+                f"failed (exit {result.returncode}); every project in the closure needs a wheel "
+                "for that Python and platform (an sdist is refused: a host cannot build it), "
+                f"at a version the pins allow:\n{tail}"
             )
 
 
@@ -345,8 +348,11 @@ def pip_wheels_argv(
     retries: int,
 ) -> list[str]:
     """`python -m pip download` of `requirements` and their dependencies, as wheels for the
-    set's Python (CPython, its ABI) and platforms, into `folder`."""
+    set's Python (CPython, its ABI) and platforms, into `folder`; with `-c` of the set's
+    constraints file, when it has one. Not --quiet: only the captured output's tail is shown,
+    on failure, and only pip's full output says which pins conflict."""
     platforms = [arg for platform in wheelset.platforms for arg in ("--platform", platform)]
+    constraints = ["-c", str(wheelset.constraints)] if wheelset.constraints else []
     return [
         python,
         "-m",
@@ -361,7 +367,6 @@ def pip_wheels_argv(
         "--abi",
         wheelset.abi,
         *platforms,
-        "--quiet",
         "--disable-pip-version-check",
         "--progress-bar",
         "off",
@@ -371,6 +376,7 @@ def pip_wheels_argv(
         str(max(retries - 1, 0)),
         "--dest",
         str(folder),
+        *constraints,
         *requirements,
     ]
 

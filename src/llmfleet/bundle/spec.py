@@ -51,6 +51,8 @@ A spec is a YAML file::
           - ansible-runner==2.4.3
         project: true                 # optional, default false: add this project's own wheel
                                       # (llmfleet, built here) and resolve its dependencies too
+        constraints: ../execution-environment/requirements.txt   # optional: a pip constraints
+                                      # file, relative to the spec: exact pins name==version
 
 A file comes either from ``url`` with ``sha256``, or from ``pypi``: ``python -m pip download
 --no-deps name==version`` (an sdist with ``--no-binary :all:``, a wheel with ``--only-binary
@@ -67,7 +69,12 @@ true`` the builder also builds this project's own wheel (``pip wheel --no-deps
 --no-build-isolation`` of a copy of pyproject.toml, README.md, src/ and plugins/module_utils/,
 with SOURCE_DATE_EPOCH fixed, so the same source is the same wheel; the source is the checkout
 the running llmfleet was installed from, so build from the repository's .venv) and resolves the
-dependencies its metadata declares with the requirements. Every wheel lands at
+dependencies its metadata declares with the requirements. With ``constraints``, pip also gets
+``-c <file>``: every project of the closure that the file names resolves to the file's version,
+so the set takes the versions the execution environment and CI's venv take (scripts/dev.sh
+installs with the same file), not whatever the index offers on the day of the build. The path
+is relative to the spec; each line is an exact pin ``name==version`` (no extras, markers or
+options), a comment or blank, and no project is pinned twice. Every wheel lands at
 ``wheels/<set>/<file>`` (manifest kind ``wheel``, name ``wheel:<set>/<project>``) and the set
 gets ``wheels/<set>/requirements.lock`` (kind ``wheel-index``, name ``wheel-index:<set>``): one
 ``name==version --hash=sha256:...`` line per wheel, sorted, so::
@@ -80,9 +87,10 @@ installs exactly these wheels and nothing else, offline. That is how the rollbac
 virtual environment is filled (roles/rollback_receiver), and how a control node inside the
 datacenter installs the same ansible-core, ansible-runner and llmfleet from the carried bundle.
 A set's resolution is kept in the build's cache (``<cache>/wheels/<key>.json``, the wheels in
-``<cache>/downloads/<sha256>``), keyed by its Python, platforms and requirements (with the
-project's declared dependencies): an unchanged set is not downloaded again; a changed set, or
-a cache without it, is resolved afresh and its artifacts follow what pip resolves.
+``<cache>/downloads/<sha256>``), keyed by its Python, platforms, requirements (with the
+project's declared dependencies) and the pins of its constraints file: an unchanged set is not
+downloaded again; a changed set (a changed constraints file too), or a cache without it, is
+resolved afresh and its artifacts follow what pip resolves.
 
 ``${VAR}`` in ``url``, ``uris``, ``signed_by.url`` and ``build_args`` is replaced from the
 environment, so a site's mirrors and vendor repositories are set where the bundle is built;
@@ -131,6 +139,10 @@ PLATFORM_RE = r"^[a-z0-9][a-z0-9_.]*$"
 PIN_RE = (
     r"^\s*([A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9._-]*[A-Za-z0-9])\s*(\[[A-Za-z0-9._,\s-]*\])?"
     r"\s*==\s*[A-Za-z0-9][A-Za-z0-9.!+_-]*\s*$"
+)
+#: One line of a constraints file: an exact pin without extras (pip refuses extras there).
+CONSTRAINT_RE = re.compile(
+    r"^([A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9._-]*[A-Za-z0-9])\s*==\s*([A-Za-z0-9][A-Za-z0-9.!+_-]*)$"
 )
 VAR_RE = re.compile(r"\$\{([^}]*)\}")
 
@@ -370,9 +382,15 @@ WHEEL_SET = strict_mapping(
             "message": "must be a list of exact pins (name==version), got {value!r}",
         },
         "project": BOOL,
+        "constraints": {
+            "type": "string",
+            "pattern": NON_EMPTY,
+            "message": "must be a pip constraints file relative to the spec, got {value!r}",
+        },
     },
     required=("name", "python", "platform"),
-    message="must be a mapping with name, python, platform, requirements (and project)",
+    message="must be a mapping with name, python, platform, requirements (and project, "
+    "constraints)",
 )
 LIST = "must be a list, got {type}"
 #: The spec's shape; `parse_spec` adds the checks a schema cannot express.
@@ -514,6 +532,10 @@ class WheelSet:
     platforms: tuple[str, ...]
     requirements: tuple[str, ...] = ()
     project: bool = False
+    #: the constraints file pip gets with -c (absolute), and its pins (`name==version`, the
+    #: name normalized, sorted): what the resolution key takes of it
+    constraints: Path | None = None
+    constraint_pins: tuple[str, ...] = ()
 
     @property
     def abi(self) -> str:
@@ -611,7 +633,7 @@ def parse_spec(data: Any, env: Mapping[str, str], path: str = "<spec>") -> Spec:
         apt=tuple(_apt_repo(entry, env) for entry in data.get("apt") or []),
         files=tuple(_file_entry(entry, env) for entry in data.get("files") or []),
         images=tuple(_image_entry(entry, env, base) for entry in data.get("images") or []),
-        wheels=tuple(_wheel_set(entry) for entry in data.get("wheels") or []),
+        wheels=tuple(_wheel_set(entry, base) for entry in data.get("wheels") or []),
         path=path,
     )
 
@@ -676,7 +698,7 @@ def _field_issues(
             issues += _image_issues(entry, env, base, file_names, ("images", index), clean)
     for index, entry in enumerate(_list(data, "wheels")):
         if isinstance(entry, dict):
-            issues += _wheel_set_issues(entry, ("wheels", index), clean)
+            issues += _wheel_set_issues(entry, base, ("wheels", index), clean)
     return issues
 
 
@@ -848,9 +870,13 @@ def pin_name(pin: str) -> str:
     return re.sub(r"[-_.]+", "-", re.split(r"[\[=\s]", pin.strip(), maxsplit=1)[0]).lower()
 
 
-def _wheel_set_issues(entry: dict[str, Any], where: Where, clean: Clean) -> list[Issue]:
-    """A set pins each project once, and has something to resolve: requirements or project."""
+def _wheel_set_issues(entry: dict[str, Any], base: Path, where: Where, clean: Clean) -> list[Issue]:
+    """A set pins each project once, has something to resolve (requirements or project), and
+    its constraints file holds exact pins only."""
     issues: list[Issue] = []
+    if "constraints" in entry and clean(*where, "constraints"):
+        _, problems = read_constraints(base, entry["constraints"])
+        issues += [Issue((*where, "constraints"), problem) for problem in problems]
     if clean(*where, "platform"):
         issues += _twice(entry.get("platform"), (*where, "platform"))
     requirements = entry.get("requirements") or []
@@ -868,6 +894,39 @@ def _wheel_set_issues(entry: dict[str, Any], where: Where, clean: Clean) -> list
                 )
             )
     return issues
+
+
+CONSTRAINTS_ALLOWED = "allowed: name==version, comments, blank lines"
+
+
+def read_constraints(base: Path, relative: str) -> tuple[tuple[str, ...], list[str]]:
+    """The pins of the constraints file at `relative` to `base` (`name==version`, the name
+    normalized, sorted), and a message for each problem with it."""
+    try:
+        lines = (base / relative.strip()).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        return (), [f"must be a pip constraints file relative to the spec, got {relative!r}: {why}"]
+    problems: list[str] = []
+    pins: dict[str, list[str]] = {}
+    for number, line in enumerate(lines, start=1):
+        text = re.sub(r"(^|\s)#.*$", "", line).strip()  # pip's comments: '#' first or after a space
+        if not text:
+            continue
+        match = CONSTRAINT_RE.match(text)
+        if match is None:
+            problems.append(
+                f"line {number} of {relative}: {line.strip()!r} is not an exact pin "
+                f"({CONSTRAINTS_ALLOWED})"
+            )
+            continue
+        pins.setdefault(pin_name(match[1]), []).append(match[2])
+    problems += [
+        f"{name!r} is pinned more than once in {relative}"
+        for name, versions in sorted(pins.items())
+        if len(versions) > 1
+    ]
+    return tuple(sorted(f"{name}=={versions[0]}" for name, versions in pins.items())), problems
 
 
 def _spec_issues(data: dict[str, Any], found: list[Issue]) -> list[Issue]:
@@ -975,11 +1034,14 @@ def _image_entry(entry: dict[str, Any], env: Mapping[str, str], base: Path) -> I
     )
 
 
-def _wheel_set(entry: dict[str, Any]) -> WheelSet:
+def _wheel_set(entry: dict[str, Any], base: Path) -> WheelSet:
+    constraints = entry.get("constraints")
     return WheelSet(
         name=entry["name"],
         python=entry["python"],
         platforms=tuple(_texts(entry["platform"])),
         requirements=tuple(re.sub(r"\s+", "", pin) for pin in entry.get("requirements") or []),
         project=entry.get("project") is True,
+        constraints=(base / constraints.strip()).resolve() if constraints else None,
+        constraint_pins=read_constraints(base, constraints)[0] if constraints else (),
     )

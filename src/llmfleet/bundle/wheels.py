@@ -7,11 +7,11 @@ For each `wheels:` set of the spec (see the docstring of llmfleet.bundle.spec) t
    wheel is kept in ``<cache>/project/<sha256 of the source>/``, so unchanged source is not
    built again;
 2. resolves the set's requirements, with the dependencies the project's wheel declares, with
-   ``python -m pip download --only-binary :all:`` for the set's Python and platforms: the
-   whole closure, as wheels, into the content-addressed download cache
-   (``<cache>/downloads/<sha256>``). What pip resolved is recorded in
-   ``<cache>/wheels/<key>.json``, `key` being the sha256 of the set's Python, ABI, platforms
-   and requirements: an unchanged set is not downloaded again;
+   ``python -m pip download --only-binary :all:`` for the set's Python and platforms (and
+   ``-c <constraints file>`` when the set names one): the whole closure, as wheels, into the
+   content-addressed download cache (``<cache>/downloads/<sha256>``). What pip resolved is
+   recorded in ``<cache>/wheels/<key>.json``, `key` being the sha256 of the set's Python, ABI,
+   platforms, requirements and constraints' pins: an unchanged set is not downloaded again;
 3. places each wheel at ``wheels/<set>/<file>`` (artifact ``wheel:<set>/<project>``, kind
    ``wheel``) and writes ``wheels/<set>/requirements.lock`` (artifact ``wheel-index:<set>``,
    kind ``wheel-index``): a header of two comments, then one ``name==version
@@ -109,14 +109,17 @@ def render_lock(wheelset: WheelSet, wheels: Iterable[Wheel]) -> bytes:
 
 
 def resolution_key(wheelset: WheelSet, requirements: Iterable[str]) -> str:
-    """What a resolution depends on, as a sha256: Python, ABI, platforms, requirements."""
-    inputs = {
+    """What a resolution depends on, as a sha256: Python, ABI, platforms, requirements and
+    the pins of the constraints file (a set without one keeps the key it had before)."""
+    inputs: dict[str, Any] = {
         "python": wheelset.python,
         "implementation": "cp",
         "abi": wheelset.abi,
         "platforms": list(wheelset.platforms),
         "requirements": sorted(set(requirements)),
     }
+    if wheelset.constraints is not None:
+        inputs["constraints"] = list(wheelset.constraint_pins)
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
@@ -325,7 +328,12 @@ def resolve(
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     entries = [{"file": w.file, "sha256": w.sha256, "size": w.size} for w, _ in resolved]
-    document = {"set": wheelset.name, "requirements": sorted(set(requirements)), "wheels": entries}
+    document = {
+        "set": wheelset.name,
+        "requirements": sorted(set(requirements)),
+        "constraints": list(wheelset.constraint_pins),
+        "wheels": entries,
+    }
     record.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(record, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode())
     return resolved
