@@ -59,8 +59,8 @@ def tool(name: str) -> str:
     return str(local) if local.exists() else (shutil.which(name) or name)
 
 
-def hosts_of(count: int) -> list[str]:
-    return [f"fb-host{index}" for index in range(1, count + 1)]
+def hosts_of(count: int, prefix: str = "fb-host") -> list[str]:
+    return [f"{prefix}{index}" for index in range(1, count + 1)]
 
 
 def recap(output: str) -> dict[str, dict[str, int]]:
@@ -101,7 +101,12 @@ def read_timings(path: Path) -> list[dict[str, Any]]:
 
 
 def inventory(
-    hosts: list[str], bundle: Path, key_sha256: str, secrets: Path, connection: str
+    hosts: list[str],
+    bundle: Path,
+    key_sha256: str,
+    secrets: Path,
+    connection: str,
+    mirror: str = MIRROR,
 ) -> dict[str, Any]:
     """The benchmark's inventory: a mirror and the fleet hosts, over `docker exec`."""
     return {
@@ -110,7 +115,7 @@ def inventory(
                 "ansible_connection": connection,
                 "ansible_python_interpreter": "/usr/bin/python3",
                 "llmfleet_airgapped": True,
-                "llmfleet_mirror_url": f"http://{MIRROR}",
+                "llmfleet_mirror_url": f"http://{mirror}",
                 "llmfleet_bundle_key_sha256": key_sha256,
                 "llmfleet_api_key": (secrets / "api-key").read_text().strip(),
                 "llmfleet_metrics_password": (secrets / "metrics-password").read_text().strip(),
@@ -118,7 +123,7 @@ def inventory(
                 "container_runtime_enabled": False,
             },
             "children": {
-                "mirror": {"hosts": {MIRROR: {"offline_mirror_bundle_src": str(bundle)}}},
+                "mirror": {"hosts": {mirror: {"offline_mirror_bundle_src": str(bundle)}}},
                 "fleet": {"hosts": {host: {} for host in hosts}},
             },
         }
@@ -126,18 +131,34 @@ def inventory(
 
 
 class Bench:
-    """One N: containers up, two runs measured, containers down."""
+    """One N: containers up, two runs measured, containers down.
 
-    def __init__(self, count: int, work: Path, bundle: Path, cache: Path, keep: bool) -> None:
+    `mirror`, `host_prefix` and `scenario` name the containers and the network
+    (llmfleet-<scenario>), so another benchmark can run its own set of them.
+    """
+
+    def __init__(
+        self,
+        count: int,
+        work: Path,
+        bundle: Path,
+        cache: Path,
+        keep: bool,
+        *,
+        mirror: str = MIRROR,
+        host_prefix: str = "fb-host",
+        scenario: str = NETWORK_SCENARIO,
+    ) -> None:
         self.count = count
-        self.hosts = hosts_of(count)
+        self.mirror = mirror
+        self.hosts = hosts_of(count, host_prefix)
         self.work = work
         self.bundle = bundle
         self.cache = cache
         self.keep = keep
         self.env = {
             **os.environ,
-            "MOLECULE_SCENARIO_NAME": NETWORK_SCENARIO,
+            "MOLECULE_SCENARIO_NAME": scenario,
             "LLMFLEET_TEST_IMAGE": os.environ.get(
                 "LLMFLEET_TEST_IMAGE", "llmfleet/debian12-systemd:latest"
             ),
@@ -153,7 +174,7 @@ class Bench:
 
     def platforms(self) -> dict[str, Any]:
         ccache = f"{self.cache}/ccache:/var/cache/llmfleet/ccache"
-        platforms = [{"name": MIRROR}] + [
+        platforms = [{"name": self.mirror}] + [
             {"name": host, "volumes": [ccache]} for host in self.hosts
         ]
         return {"molecule_yml": {"platforms": platforms}}
@@ -188,7 +209,8 @@ class Bench:
         path = self.work / f"inventory-{connection.replace('.', '-')}.json"
         key = manifest["signing_key"]["sha256"]
         secrets = self.cache / "fleet-bench"
-        path.write_text(json.dumps(inventory(self.hosts, self.bundle, key, secrets, connection)))
+        document = inventory(self.hosts, self.bundle, key, secrets, connection, self.mirror)
+        path.write_text(json.dumps(document))
         return path
 
     def run_mitogen(self, name: str) -> dict[str, Any]:
@@ -215,7 +237,7 @@ class Bench:
         timings = self.work / f"timings-{name}.jsonl"
         timings.unlink(missing_ok=True)
         self.env["LLMFLEET_TIMINGS_FILE"] = str(timings)
-        log_before = len(self.docker("exec", MIRROR, "cat", "/var/log/nginx/access.log"))
+        log_before = len(self.docker("exec", self.mirror, "cat", "/var/log/nginx/access.log"))
         cpu_before = os.times()
         started = time.monotonic()
         output = self.playbook(REPO / "site.yml", inventory_path=inventory_path)
@@ -224,7 +246,7 @@ class Bench:
         cpu = (cpu_after.children_user - cpu_before.children_user) + (
             cpu_after.children_system - cpu_before.children_system
         )
-        access = self.docker("exec", MIRROR, "cat", "/var/log/nginx/access.log")[log_before:]
+        access = self.docker("exec", self.mirror, "cat", "/var/log/nginx/access.log")[log_before:]
         counters = recap(output)
         lines = read_timings(timings)
         return {
@@ -250,7 +272,7 @@ class Bench:
         """A host downloads the bundle's model from the mirror three times: the best MB/s."""
         manifest = json.loads((self.bundle / "manifest.json").read_text())
         model = next(a for a in manifest["artifacts"] if a["name"].startswith("model-"))
-        url = f"http://{MIRROR}/{model['path']}"
+        url = f"http://{self.mirror}/{model['path']}"
         script = (
             "import sys, time, urllib.request\n"
             "best = 0.0\n"
