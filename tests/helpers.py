@@ -1,7 +1,8 @@
 """Helpers the unit and integration tests share (tests/ is on pytest's pythonpath).
 
 Only loopback and temporary folders: a file server on 127.0.0.1, the Prometheus text a
-receiver answers, the apt entry of a Debian 12 bundle spec, a wheel for a local index.
+receiver answers, the apt entry of a Debian 12 bundle spec, a wheel for a local index,
+a fake sysfs tree.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import contextlib
 import io
 import threading
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -141,3 +142,32 @@ def write_wheel(folder: Path, project: str, version: str, files: dict[str, bytes
     name, data = wheel(project, version, files)
     (folder / name).write_bytes(data)
     return folder / name
+
+
+def write_sysfs(
+    root: Path,
+    devices: Mapping[str, Mapping[str, str]],
+    numa_nodes: int | None = 2,
+    nvidia_module_version: str | None = None,
+) -> Path:
+    """Write a fake sysfs tree under ``root``: the PCI `devices` (address: file: content),
+    `numa_nodes` NUMA nodes, the nvidia module's version; return ``root``."""
+    pci_dir = root / "bus" / "pci" / "devices"
+    pci_dir.mkdir(parents=True)
+    for address, files in devices.items():
+        device_dir = pci_dir / address
+        device_dir.mkdir()
+        for name, content in files.items():
+            (device_dir / name).write_text(content + "\n")
+    if numa_nodes is not None:
+        node_dir = root / "devices" / "system" / "node"
+        node_dir.mkdir(parents=True)
+        (node_dir / "possible").write_text(f"0-{max(numa_nodes - 1, 0)}\n")
+        (node_dir / "power").mkdir()
+        for number in range(numa_nodes):
+            (node_dir / f"node{number}").mkdir()
+    if nvidia_module_version is not None:
+        module_dir = root / "module" / "nvidia"
+        module_dir.mkdir(parents=True)
+        (module_dir / "version").write_text(nvidia_module_version + "\n")
+    return root

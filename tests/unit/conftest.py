@@ -19,6 +19,7 @@ import ansible.module_utils
 import pytest
 from ansible.module_utils import basic
 from ansible.module_utils.testing import patch_module_args
+from helpers import write_sysfs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODULE_UTILS_FILE = REPO_ROOT / "plugins" / "module_utils" / "llmfleet_gpu.py"
@@ -110,26 +111,10 @@ def build_sysfs(
     numa_nodes: int | None = 2,
     nvidia_module_version: str | None = None,
 ) -> Path:
-    """Write a fake sysfs tree under ``root`` and return it."""
-    pci_dir = root / "bus" / "pci" / "devices"
-    pci_dir.mkdir(parents=True)
-    for address, files in (PCI_DEVICES if devices is None else devices).items():
-        device_dir = pci_dir / address
-        device_dir.mkdir()
-        for name, content in files.items():
-            (device_dir / name).write_text(content + "\n")
-    if numa_nodes is not None:
-        node_dir = root / "devices" / "system" / "node"
-        node_dir.mkdir(parents=True)
-        (node_dir / "possible").write_text(f"0-{max(numa_nodes - 1, 0)}\n")
-        (node_dir / "power").mkdir()
-        for number in range(numa_nodes):
-            (node_dir / f"node{number}").mkdir()
-    if nvidia_module_version is not None:
-        module_dir = root / "module" / "nvidia"
-        module_dir.mkdir(parents=True)
-        (module_dir / "version").write_text(nvidia_module_version + "\n")
-    return root
+    """Write a fake sysfs tree under ``root`` (PCI_DEVICES unless told) and return it."""
+    return write_sysfs(
+        root, PCI_DEVICES if devices is None else devices, numa_nodes, nvidia_module_version
+    )
 
 
 @pytest.fixture

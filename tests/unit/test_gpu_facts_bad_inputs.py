@@ -37,6 +37,7 @@ import gpu_facts
 import llmfleet_gpu as g
 import pytest
 from ansible.module_utils import basic
+from helpers import write_sysfs
 
 NO_DRIVER = b"NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.\n"
 
@@ -402,9 +403,7 @@ def test_pci_folder_without_permission(
 
 def g_build(root: Path, devices: dict[str, dict[str, str]]) -> Path:
     """A fake sysfs under ``root`` that ``nobody`` can read (umask aside)."""
-    from conftest import build_sysfs
-
-    sysfs = build_sysfs(root / "sys", devices=devices)
+    sysfs = write_sysfs(root / "sys", devices)
     for path in [sysfs, *sysfs.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
     return sysfs
