@@ -195,6 +195,15 @@ class Bench:
     def docker(self, *args: str) -> str:
         return subprocess.run(["docker", *args], capture_output=True, text=True, check=True).stdout
 
+    def access_log(self) -> str:
+        """The mirror's nginx access log; empty before the first rollout installs nginx."""
+        return subprocess.run(
+            ["docker", "exec", self.mirror, "cat", "/var/log/nginx/access.log"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+
     def up(self) -> Path:
         extra = self.work / "platforms.json"
         extra.write_text(json.dumps(self.platforms()))
@@ -237,7 +246,7 @@ class Bench:
         timings = self.work / f"timings-{name}.jsonl"
         timings.unlink(missing_ok=True)
         self.env["LLMFLEET_TIMINGS_FILE"] = str(timings)
-        log_before = len(self.docker("exec", self.mirror, "cat", "/var/log/nginx/access.log"))
+        log_before = len(self.access_log())
         cpu_before = os.times()
         started = time.monotonic()
         output = self.playbook(REPO / "site.yml", inventory_path=inventory_path)
@@ -246,7 +255,7 @@ class Bench:
         cpu = (cpu_after.children_user - cpu_before.children_user) + (
             cpu_after.children_system - cpu_before.children_system
         )
-        access = self.docker("exec", self.mirror, "cat", "/var/log/nginx/access.log")[log_before:]
+        access = self.access_log()[log_before:]
         counters = recap(output)
         lines = read_timings(timings)
         return {
