@@ -21,6 +21,27 @@ from typing import Any
 PROXY_VARIABLES = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy")
 
 
+class QuietHandler(BaseHTTPRequestHandler):
+    """A request handler that logs nothing to stderr (the test output stays readable)."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def http_on_loopback(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """`handler` behind a ThreadingHTTPServer on an ephemeral port of 127.0.0.1; yields the
+    base URL (http://127.0.0.1:PORT); the server shuts down and closes when the block ends."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
 @dataclass
 class FileServer:
     """What an http.server on 127.0.0.1 serves (`files`, by path), the requests it saw
@@ -39,7 +60,7 @@ def serve_files(served: FileServer | None = None) -> Iterator[FileServer]:
     """Serve `served.files` on an ephemeral port of 127.0.0.1 until the block ends."""
     served = served or FileServer()
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
             served.hits.append(self.path)
             data = served.files.get(self.path)
@@ -58,18 +79,8 @@ def serve_files(served: FileServer | None = None) -> Iterator[FileServer]:
                 return
             self.wfile.write(data)
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    served.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    try:
+    with http_on_loopback(Handler) as served.url:
         yield served
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 @contextlib.contextmanager

@@ -7,16 +7,14 @@ import base64
 import contextlib
 import json
 import socket
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from browser.report_inputs import prometheus_snapshot
-from helpers import PROXY_VARIABLES
+from helpers import PROXY_VARIABLES, QuietHandler, http_on_loopback
 
 from llmfleet.report_prometheus import QUERIES, check_url, fetch, parse_answer
 
@@ -44,7 +42,7 @@ def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
 def serve(fake: FakePrometheus) -> Iterator[FakePrometheus]:
     expected = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
             parts = urlsplit(self.path)
             query = parse_qs(parts.query).get("query", [""])[0]
@@ -67,18 +65,8 @@ def serve(fake: FakePrometheus) -> Iterator[FakePrometheus]:
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    fake.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    try:
+    with http_on_loopback(Handler) as fake.url:
         yield fake
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 def closed_port() -> int:
