@@ -339,6 +339,21 @@ class Fetcher:
             )
 
 
+def pip_network_options(timeout: float, retries: int) -> list[str]:
+    """The options every `pip download` of a build runs with: no version check, no progress
+    bar, `timeout` seconds per connection and `retries` attempts in all (pip counts retries
+    after the first attempt)."""
+    return [
+        "--disable-pip-version-check",
+        "--progress-bar",
+        "off",
+        "--timeout",
+        f"{timeout:g}",
+        "--retries",
+        str(max(retries - 1, 0)),
+    ]
+
+
 def pip_wheels_argv(
     wheelset: WheelSet,
     requirements: list[str],
@@ -367,13 +382,7 @@ def pip_wheels_argv(
         "--abi",
         wheelset.abi,
         *platforms,
-        "--disable-pip-version-check",
-        "--progress-bar",
-        "off",
-        "--timeout",
-        f"{timeout:g}",
-        "--retries",
-        str(max(retries - 1, 0)),
+        *pip_network_options(timeout, retries),
         "--dest",
         str(folder),
         *constraints,
@@ -393,13 +402,7 @@ def pip_download_argv(
         "download",
         "--no-deps",
         "--quiet",
-        "--disable-pip-version-check",
-        "--progress-bar",
-        "off",
-        "--timeout",
-        f"{timeout:g}",
-        "--retries",
-        str(max(retries - 1, 0)),
+        *pip_network_options(timeout, retries),
         *kind,
         "--dest",
         str(folder),
