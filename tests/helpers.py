@@ -8,6 +8,7 @@ a fake sysfs tree.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import threading
 import zipfile
@@ -15,10 +16,21 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 #: Proxy variables a test server on loopback must not go through.
 PROXY_VARIABLES = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy")
+
+
+def load_module_file(name: str, path: Path) -> ModuleType:
+    """The Python file `path` (a filter plugin, a script: nothing on sys.path), executed as a
+    fresh module called `name`; not registered in sys.modules."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec and spec.loader, path
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class QuietHandler(BaseHTTPRequestHandler):

@@ -13,7 +13,6 @@ with the example and the default inventory, with host overrides, and with mistak
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -26,6 +25,7 @@ from typing import Any
 import pytest
 import yaml
 from ansible.parsing.dataloader import DataLoader
+from helpers import load_module_file
 
 REPO = Path(__file__).resolve().parents[2]
 RULE_TESTS = REPO / "tests" / "rules"
@@ -61,12 +61,9 @@ GROUP_ORDERS = {
     "alerts-first": ["llmfleet-alerts", "llmfleet-recording"],
 }
 
-spec = importlib.util.spec_from_file_location(
+alerts = load_module_file(
     "llmfleet_alerts_filters", REPO / "plugins" / "filter" / "llmfleet_alerts.py"
 )
-assert spec and spec.loader
-alerts = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(alerts)
 
 
 def plain(data: Any) -> Any:

@@ -6,7 +6,6 @@ one recorded series with its threshold, and a per-host variant is a label matche
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 from typing import Any
@@ -14,14 +13,12 @@ from typing import Any
 import pytest
 from ansible.errors import AnsibleFilterError
 from ansible.parsing.dataloader import DataLoader
+from helpers import load_module_file
 
 REPO = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location(
+alerts = load_module_file(
     "llmfleet_alerts_filters", REPO / "plugins" / "filter" / "llmfleet_alerts.py"
 )
-assert spec and spec.loader
-alerts = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(alerts)
 
 CATALOG: dict[str, Any] = DataLoader().load_from_file(
     str(REPO / "roles" / "monitoring" / "vars" / "main.yml")

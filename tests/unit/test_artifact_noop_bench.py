@@ -7,22 +7,17 @@ The benchmark itself (containers, a 4 GiB file) runs by hand; it asserts nothing
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from helpers import load_module_file
 
 from llmfleet.bundle.spec import parse_spec
 
 REPO = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location(
-    "artifact_noop_bench", REPO / "scripts" / "artifact-noop-bench.py"
-)
-assert spec and spec.loader
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
+bench = load_module_file("artifact_noop_bench", REPO / "scripts" / "artifact-noop-bench.py")
 
 
 def test_the_pattern_is_the_same_bytes_for_the_same_seed_and_size() -> None:

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 from pathlib import Path
 
 import pytest
+from helpers import load_module_file
 
 PLUGIN = Path(__file__).resolve().parents[2] / "plugins" / "filter" / "llmfleet_engine.py"
-spec = importlib.util.spec_from_file_location("llmfleet_engine_filters", PLUGIN)
-assert spec and spec.loader
-engine = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(engine)
+engine = load_module_file("llmfleet_engine_filters", PLUGIN)
 
 A100_AND_3060 = {
     "gpus": [

@@ -11,7 +11,6 @@ molecule/gpu_stack's business (verify_evaluation.yml). Skipped without g++.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -19,14 +18,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import load_module_file
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE = REPO / "roles" / "hardware_eval" / "files" / "llmfleet-gpu-bandwidth.cu"
 PLUGIN = REPO / "plugins" / "filter" / "llmfleet_evaluation.py"
-spec = importlib.util.spec_from_file_location("llmfleet_evaluation_filters", PLUGIN)
-assert spec and spec.loader
-evaluation = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(evaluation)
+evaluation = load_module_file("llmfleet_evaluation_filters", PLUGIN)
 
 GIB = 1024**3
 #: The stub's rates, GiB/s: what each copy advances the virtual clock by.

@@ -5,12 +5,12 @@ cache note, verdicts, the key, and the whole document against its JSON Schema
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import load_module_file
 
 from llmfleet.validation import check, compile_schema
 
@@ -18,10 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 CAPTURES = REPO / "tests" / "captures"
 SCHEMA_FILE = REPO / "src" / "llmfleet" / "schemas" / "hwevaluation-1.json"
 PLUGIN = REPO / "plugins" / "filter" / "llmfleet_evaluation.py"
-spec = importlib.util.spec_from_file_location("llmfleet_evaluation_filters", PLUGIN)
-assert spec and spec.loader
-ev = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(ev)
+ev = load_module_file("llmfleet_evaluation_filters", PLUGIN)
 
 GIB = 1024**3
 MIB = 1024**2

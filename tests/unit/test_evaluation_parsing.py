@@ -23,21 +23,18 @@ The nvidia-smi time series is read from the shared real captures (skipped withou
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
 from pathlib import Path
 
 import pytest
+from helpers import load_module_file
 
 REPO = Path(__file__).resolve().parents[2]
 CAPTURES = REPO / "tests" / "captures"
 PLUGIN = REPO / "plugins" / "filter" / "llmfleet_evaluation.py"
-spec = importlib.util.spec_from_file_location("llmfleet_evaluation_filters", PLUGIN)
-assert spec and spec.loader
-ev = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(ev)
+ev = load_module_file("llmfleet_evaluation_filters", PLUGIN)
 
 SHARED = Path(
     os.environ.get("LLMFLEET_SHARED_FIXTURES") or REPO.parent / "shared" / "fixtures" / "nvidia-smi"

@@ -3,7 +3,6 @@ the bundle, and the places the result format (notes: schema llmfleet.hwevaluatio
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -11,15 +10,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import load_module_file
 
 REPO = Path(__file__).resolve().parents[2]
 ROLE = REPO / "roles" / "hardware_eval"
 SAMPLER = ROLE / "files" / "llmfleet-gpu-sample"
 PLUGIN = REPO / "plugins" / "filter" / "llmfleet_evaluation.py"
-spec = importlib.util.spec_from_file_location("llmfleet_evaluation_filters", PLUGIN)
-assert spec and spec.loader
-ev = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(ev)
+ev = load_module_file("llmfleet_evaluation_filters", PLUGIN)
 
 
 def load(path: Path) -> object:

@@ -23,6 +23,7 @@ from types import ModuleType
 
 import pytest
 import yaml
+from helpers import load_module_file
 
 from llmfleet.bundle.spec import load_spec
 
@@ -163,13 +164,7 @@ def test_the_bundle_carries_every_wheel_the_build_installs() -> None:
 
 
 def collections_from_wheel() -> ModuleType:
-    loaded = importlib.util.spec_from_file_location(
-        "cfw", EE / "files" / "collections_from_wheel.py"
-    )
-    assert loaded and loaded.loader
-    module = importlib.util.module_from_spec(loaded)
-    loaded.loader.exec_module(module)
-    return module
+    return load_module_file("cfw", EE / "files" / "collections_from_wheel.py")
 
 
 def test_collections_from_wheel_unpacks_only_the_named_collections(tmp_path: Path) -> None:

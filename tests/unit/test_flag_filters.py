@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from helpers import load_module_file
 
 PLUGIN = Path(__file__).resolve().parents[2] / "plugins" / "filter" / "llmfleet_flags.py"
-spec = importlib.util.spec_from_file_location("llmfleet_flag_filters", PLUGIN)
-assert spec and spec.loader
-flags = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(flags)
+flags = load_module_file("llmfleet_flag_filters", PLUGIN)
 
 
 def test_values_switches_and_order() -> None:

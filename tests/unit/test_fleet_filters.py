@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from helpers import load_module_file
 
 PLUGIN = Path(__file__).resolve().parents[2] / "plugins" / "filter" / "llmfleet_fleet.py"
-spec = importlib.util.spec_from_file_location("llmfleet_fleet_filters", PLUGIN)
-assert spec and spec.loader
-fleet = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(fleet)
+fleet = load_module_file("llmfleet_fleet_filters", PLUGIN)
 
 COLORS = {"blue": {"port": 8081}, "green": {"port": 8082}}
 GIB = 1024**3

@@ -9,7 +9,6 @@ template, rendered here with Ansible's templar, as the roles render them.
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -19,14 +18,12 @@ import yaml
 from ansible.parsing.dataloader import DataLoader
 from ansible.plugins.test.core import version_compare
 from ansible.template import Templar, trust_as_template
+from helpers import load_module_file
 
 REPO = Path(__file__).resolve().parents[2]
 ROLES = REPO / "roles"
 PLUGIN = REPO / "plugins" / "filter" / "llmfleet_gpu_stack.py"
-spec = importlib.util.spec_from_file_location("llmfleet_gpu_stack_filters", PLUGIN)
-assert spec and spec.loader
-stack = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(stack)
+stack = load_module_file("llmfleet_gpu_stack_filters", PLUGIN)
 
 KERNEL = "6.1.0-28-amd64"
 # The OS each test host reports: (distribution, llmfleet_os_release, os_family).

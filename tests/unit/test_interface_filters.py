@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers import load_module_file
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGIN = REPO / "plugins" / "filter" / "llmfleet_interface.py"
-spec = importlib.util.spec_from_file_location("llmfleet_interface_filters", PLUGIN)
-assert spec and spec.loader
-interface = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(interface)
+interface = load_module_file("llmfleet_interface_filters", PLUGIN)
 
 RANGES = {"llmfleet_service_port": [1, 65535], "inference_service_parallel_slots": [1, 256]}
 

@@ -5,19 +5,16 @@ model_store resolves against the bundle's manifest."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from helpers import load_module_file
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGIN = REPO / "plugins" / "filter" / "llmfleet_models.py"
-spec = importlib.util.spec_from_file_location("llmfleet_models_filters", PLUGIN)
-assert spec and spec.loader
-models = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(models)
+models = load_module_file("llmfleet_models_filters", PLUGIN)
 
 DEFAULTS = yaml.safe_load((REPO / "roles" / "model_store" / "defaults" / "main.yml").read_text())
 DRAFT_DEFAULTS = DEFAULTS["model_store_draft_defaults"]

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from helpers import load_module_file
 
 PLUGIN = Path(__file__).resolve().parents[2] / "plugins" / "filter" / "llmfleet_preflight.py"
-spec = importlib.util.spec_from_file_location("llmfleet_preflight_filters", PLUGIN)
-assert spec and spec.loader
-filters = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(filters)
+filters = load_module_file("llmfleet_preflight_filters", PLUGIN)
 
 GIB = 1024**3
 

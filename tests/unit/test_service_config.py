@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from helpers import load_module_file
 
 PLUGIN = Path(__file__).resolve().parents[2] / "plugins" / "filter" / "llmfleet_service.py"
-spec = importlib.util.spec_from_file_location("llmfleet_service_filters", PLUGIN)
-assert spec and spec.loader
-service = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(service)
+service = load_module_file("llmfleet_service_filters", PLUGIN)
 
 MODEL = {"name": "SmolLM2-135M-Instruct", "path": "/data/models/s/s.gguf", "context_length": 8192}
 SETTINGS = {

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from helpers import load_module_file
 
 PLUGIN = Path(__file__).resolve().parents[2] / "plugins" / "filter" / "llmfleet_tuning.py"
-spec = importlib.util.spec_from_file_location("llmfleet_tuning_filters", PLUGIN)
-assert spec and spec.loader
-tuning = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(tuning)
+tuning = load_module_file("llmfleet_tuning_filters", PLUGIN)
 
 
 def level(tokens: float | None, ttft: float | None, tpot: float | None, failed: int = 0) -> dict:
