@@ -23,6 +23,15 @@ from typing import Any
 PROXY_VARIABLES = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy")
 
 
+def monitoring_role_vars() -> dict[str, Any]:
+    """roles/monitoring/vars/main.yml as Ansible reads it (its DataLoader): the alert catalog
+    (monitoring_alert_catalog) and the recording rules (monitoring_recording_rules)."""
+    from ansible.parsing.dataloader import DataLoader
+
+    path = Path(__file__).resolve().parents[1] / "roles" / "monitoring" / "vars" / "main.yml"
+    return DataLoader().load_from_file(str(path))
+
+
 def load_module_file(name: str, path: Path) -> ModuleType:
     """The Python file `path` (a filter plugin, a script: nothing on sys.path), executed as a
     fresh module called `name`; not registered in sys.modules."""

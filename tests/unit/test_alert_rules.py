@@ -13,19 +13,16 @@ from typing import Any
 import pytest
 from ansible.errors import AnsibleFilterError
 from ansible.parsing.dataloader import DataLoader
-from helpers import load_module_file
+from helpers import load_module_file, monitoring_role_vars
 
 REPO = Path(__file__).resolve().parents[2]
 alerts = load_module_file(
     "llmfleet_alerts_filters", REPO / "plugins" / "filter" / "llmfleet_alerts.py"
 )
 
-CATALOG: dict[str, Any] = DataLoader().load_from_file(
-    str(REPO / "roles" / "monitoring" / "vars" / "main.yml")
-)["monitoring_alert_catalog"]
-RECORDING: list[dict[str, Any]] = DataLoader().load_from_file(
-    str(REPO / "roles" / "monitoring" / "vars" / "main.yml")
-)["monitoring_recording_rules"]
+MONITORING = monitoring_role_vars()
+CATALOG: dict[str, Any] = MONITORING["monitoring_alert_catalog"]
+RECORDING: list[dict[str, Any]] = MONITORING["monitoring_recording_rules"]
 DEFAULTS: dict[str, Any] = DataLoader().load_from_file(
     str(REPO / "group_vars" / "all" / "alerts.yml")
 )

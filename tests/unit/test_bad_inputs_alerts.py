@@ -15,17 +15,14 @@ from typing import Any
 
 import pytest
 from ansible.errors import AnsibleFilterError
-from ansible.parsing.dataloader import DataLoader
-from helpers import load_module_file
+from helpers import load_module_file, monitoring_role_vars
 
 REPO = Path(__file__).resolve().parents[2]
 alerts = load_module_file(
     "llmfleet_alerts_bad_inputs", REPO / "plugins" / "filter" / "llmfleet_alerts.py"
 )
 
-CATALOG: dict[str, Any] = DataLoader().load_from_file(
-    str(REPO / "roles" / "monitoring" / "vars" / "main.yml")
-)["monitoring_alert_catalog"]
+CATALOG: dict[str, Any] = monitoring_role_vars()["monitoring_alert_catalog"]
 
 
 def rule(**changes: Any) -> dict[str, Any]:
