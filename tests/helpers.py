@@ -32,6 +32,27 @@ def monitoring_role_vars() -> dict[str, Any]:
     return DataLoader().load_from_file(str(path))
 
 
+def trusted(value: Any) -> Any:
+    """Role data as Ansible holds it: its strings are templates."""
+    from ansible.template import trust_as_template
+
+    if isinstance(value, str):
+        return trust_as_template(value)
+    if isinstance(value, dict):
+        return {key: trusted(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [trusted(item) for item in value]
+    return value
+
+
+def role_templar(variables: dict[str, Any]) -> Any:
+    """Ansible's Templar over `variables` held as role data (`trusted`), as a role renders."""
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.template import Templar
+
+    return Templar(loader=DataLoader(), variables=trusted(variables))
+
+
 def load_module_file(name: str, path: Path) -> ModuleType:
     """The Python file `path` (a filter plugin, a script: nothing on sys.path), executed as a
     fresh module called `name`; not registered in sys.modules."""

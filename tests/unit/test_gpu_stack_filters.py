@@ -15,10 +15,9 @@ from typing import Any
 
 import pytest
 import yaml
-from ansible.parsing.dataloader import DataLoader
 from ansible.plugins.test.core import version_compare
-from ansible.template import Templar, trust_as_template
-from helpers import load_module_file
+from ansible.template import trust_as_template
+from helpers import load_module_file, role_templar
 
 REPO = Path(__file__).resolve().parents[2]
 ROLES = REPO / "roles"
@@ -83,21 +82,6 @@ def cuda(version: str, method: str, distribution: str) -> dict[str, Any]:
         distribution_cuda=data.get("__cuda_toolkit_distribution"),
         cuda_repo=data["__cuda_toolkit_cuda_repo"],
     )
-
-
-def trusted(value: Any) -> Any:
-    """Role data as Ansible holds it: its strings are templates."""
-    if isinstance(value, str):
-        return trust_as_template(value)
-    if isinstance(value, dict):
-        return {key: trusted(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [trusted(item) for item in value]
-    return value
-
-
-def templar(variables: dict[str, Any]) -> Templar:
-    return Templar(loader=DataLoader(), variables=trusted(variables))
 
 
 def task(path: Path, name: str) -> dict[str, Any]:
@@ -299,7 +283,7 @@ def test_the_method_follows_the_os_unless_set() -> None:
     default = load_yaml(ROLES / "cuda_toolkit" / "defaults" / "main.yml")["cuda_toolkit_method"]
     expected = {"Debian": "distribution", "Ubuntu": "cuda_repo", "RedHat": "cuda_repo"}
     for distribution, method in expected.items():
-        render = templar(os_vars("cuda_toolkit", distribution))
+        render = role_templar(os_vars("cuda_toolkit", distribution))
         assert render.template(trust_as_template(default)) == method, distribution
 
 
@@ -328,7 +312,7 @@ def driver_check(name: str, driver_version: str, version: str = "11.8") -> tuple
         "cuda_toolkit_version": version,
         "cuda_toolkit_driver_version": driver_version,
     }
-    render = templar(variables)
+    render = role_templar(variables)
     passed = render.evaluate_conditional(trust_as_template(check["ansible.builtin.assert"]["that"]))
     message = render.template(trust_as_template(check["ansible.builtin.assert"]["fail_msg"]))
     return passed, message
@@ -381,7 +365,9 @@ def runtime_vars(**changes: Any) -> dict[str, Any]:
 
 
 def daemon_json(**changes: Any) -> str:
-    return templar(runtime_vars(**changes)).template(trust_as_template(DAEMON_JSON.read_text()))
+    return role_templar(runtime_vars(**changes)).template(
+        trust_as_template(DAEMON_JSON.read_text())
+    )
 
 
 def test_daemon_json_with_the_nvidia_runtime_and_site_options_last() -> None:
@@ -429,12 +415,12 @@ def test_the_nvidia_runtime_as_default_needs_the_runtime() -> None:
     check = task(DAEMON_TASKS, name)["ansible.builtin.assert"]
 
     def passes(**changes: Any) -> bool:
-        render = templar(runtime_vars(**changes))
+        render = role_templar(runtime_vars(**changes))
         return render.evaluate_conditional(trust_as_template(check["that"]))
 
     assert not passes(container_runtime_nvidia_enabled=False, container_runtime_nvidia_default=True)
     assert passes(container_runtime_nvidia_enabled=True, container_runtime_nvidia_default=True)
     assert passes(container_runtime_nvidia_enabled=False, container_runtime_nvidia_default=False)
-    render = templar(runtime_vars(container_runtime_nvidia=False))
+    render = role_templar(runtime_vars(container_runtime_nvidia=False))
     message = render.template(trust_as_template(check["fail_msg"]))
     assert message.startswith("gs-gpu: container_runtime_nvidia_default is true on a host without")

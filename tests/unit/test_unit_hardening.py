@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 import yaml
-from ansible.parsing.dataloader import DataLoader
-from ansible.template import Templar, trust_as_template
+from ansible.template import trust_as_template
+from helpers import role_templar
 
 REPO = Path(__file__).resolve().parents[2]
 ROLES = REPO / "roles"
@@ -97,17 +97,6 @@ def load_yaml(path: Path) -> Any:
     return yaml.safe_load(path.read_text()) if path.is_file() else {}
 
 
-def trusted(value: Any) -> Any:
-    """Role data as Ansible holds it: its strings are templates."""
-    if isinstance(value, str):
-        return trust_as_template(value)
-    if isinstance(value, dict):
-        return {key: trusted(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [trusted(item) for item in value]
-    return value
-
-
 def role_variables(role: str, **changes: Any) -> dict[str, Any]:
     """The shared defaults, the role's defaults and vars, then the test's changes."""
     data: dict[str, Any] = {}
@@ -129,7 +118,7 @@ def render(role: str, source: str, **changes: Any) -> str:
     text = (ROLES / role / source).read_text()
     if not source.startswith("templates/"):
         return text
-    templar = Templar(loader=DataLoader(), variables=trusted(role_variables(role, **changes)))
+    templar = role_templar(role_variables(role, **changes))
     return templar.template(trust_as_template(text))
 
 
