@@ -297,6 +297,11 @@ def sample(value: float, **labels: str) -> dict[str, Any]:
     return {"metric": labels, "value": [1796014800.0, f"{value:g}"]}
 
 
+def firing_alert(alertname: str, **labels: str) -> dict[str, Any]:
+    """A sample of Prometheus' ALERTS series: the alert `alertname`, firing, with `labels`."""
+    return sample(1, __name__="ALERTS", alertname=alertname, alertstate="firing", **labels)
+
+
 def prometheus_snapshot() -> dict[str, Any]:
     """What report_prometheus.fetch keeps of a Prometheus that answered every query."""
     vram = {
@@ -311,32 +316,16 @@ def prometheus_snapshot() -> dict[str, Any]:
         "errors": {},
         "series": {
             "alerts": [
-                sample(
-                    1,
-                    __name__="ALERTS",
-                    alertname="LlmfleetGpuHot",
-                    alertstate="firing",
-                    instance="fl-gpu-t4",
-                    job="node",
-                    gpu="0",
-                    severity="warning",
+                firing_alert(
+                    "LlmfleetGpuHot", instance="fl-gpu-t4", job="node", gpu="0", severity="warning"
                 ),
-                sample(
-                    1,
-                    __name__="ALERTS",
-                    alertname="LlmfleetEngineDown",
-                    alertstate="firing",
+                firing_alert(
+                    "LlmfleetEngineDown",
                     instance="fresh-01:9180",
                     severity="critical",
                     action="rollback",
                 ),
-                sample(
-                    1,
-                    __name__="ALERTS",
-                    alertname="LlmfleetNoTraffic",
-                    alertstate="firing",
-                    severity="info",
-                ),
+                firing_alert("LlmfleetNoTraffic", severity="info"),
             ],
             "fb_used": [
                 sample(used, instance=host, gpu=gpu, job="node")
