@@ -12,7 +12,7 @@ import importlib.util
 import io
 import threading
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -171,12 +171,16 @@ def debian_apt_entry(image: str, packages: list[str], **settings: Any) -> dict[s
     }
 
 
-def wheel(project: str, version: str, files: dict[str, bytes]) -> tuple[str, bytes]:
+def wheel(
+    project: str, version: str, files: dict[str, bytes], requires: Sequence[str] = ()
+) -> tuple[str, bytes]:
     """(file name, bytes) of a small, valid pure-Python wheel of `project` `version` holding
-    `files`: what `pip download` accepts from a local index. The same input, the same bytes."""
+    `files` and depending on `requires` (Requires-Dist): what `pip download` accepts from a
+    local index. The same input, the same bytes."""
     stem = f"{project.replace('-', '_')}-{version}"
     info = f"{stem}.dist-info"
     metadata = f"Metadata-Version: 2.1\nName: {project}\nVersion: {version}\n"
+    metadata += "".join(f"Requires-Dist: {dep}\n" for dep in requires)
     content = {
         **files,
         f"{info}/METADATA": metadata.encode(),

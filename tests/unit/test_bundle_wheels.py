@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import wheel
 
 from llmfleet.bundle.build import BuildError, BuildResult, build_bundle
 from llmfleet.bundle.fetch import Fetcher, FetchError, HashCache, pip_wheels_argv
@@ -248,22 +249,10 @@ def test_a_project_wheel_that_does_not_build_says_why(tmp_path: Path) -> None:
 
 def wheel_requiring(folder: Path, project: str, version: str, requires: list[str]) -> bytes:
     """A valid pure-Python wheel of `project` that depends on `requires`, written to `folder`."""
-    stem = f"{project.replace('-', '_')}-{version}"
-    info = f"{stem}.dist-info"
-    metadata = f"Metadata-Version: 2.1\nName: {project}\nVersion: {version}\n"
-    metadata += "".join(f"Requires-Dist: {dep}\n" for dep in requires)
-    content = {
-        f"{project.replace('-', '_')}/__init__.py": b"",
-        f"{info}/METADATA": metadata.encode(),
-        f"{info}/WHEEL": b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-    }
-    content[f"{info}/RECORD"] = "".join(f"{name},,\n" for name in content).encode()
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zipped:
-        for name, data in content.items():
-            zipped.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
-    (folder / f"{stem}-py3-none-any.whl").write_bytes(buffer.getvalue())
-    return buffer.getvalue()
+    package = {f"{project.replace('-', '_')}/__init__.py": b""}
+    name, data = wheel(project, version, package, requires=requires)
+    (folder / name).write_bytes(data)
+    return data
 
 
 @pytest.fixture
