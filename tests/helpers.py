@@ -8,6 +8,7 @@ a fake sysfs tree.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import importlib.util
 import io
 import threading
@@ -141,6 +142,25 @@ def receiver_on_loopback(receiver: Any, stop_timeout: float = 5) -> Iterator[int
         server.server_close()
         thread.join(5)
         receiver.stop(stop_timeout)
+
+
+def loopback_request(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10,
+) -> tuple[int, bytes, http.client.HTTPResponse]:
+    """One request to 127.0.0.1:`port` on a connection of its own: the status, the whole
+    body and the response (for its headers); the connection closes."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, response.read(), response
+    finally:
+        connection.close()
 
 
 def prometheus_samples(text: str) -> dict[str, float]:

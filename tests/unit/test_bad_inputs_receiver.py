@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import prometheus_samples, receiver_on_loopback
+from helpers import loopback_request, prometheus_samples, receiver_on_loopback
 
 from llmfleet import rollback_receiver as rr
 
@@ -77,15 +77,11 @@ class Served:
         body: bytes | None = None,
         headers: dict[str, str] | None = None,
     ) -> tuple[int, dict[str, Any]]:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=PATIENCE)
-        try:
-            connection.request(method, path, body=body, headers=headers or {})
-            response = connection.getresponse()
-            data = response.read()
-            assert response.getheader("Content-Type") == "application/json", data
-            return response.status, json.loads(data)
-        finally:
-            connection.close()
+        status, data, response = loopback_request(
+            self.port, method, path, body, headers, timeout=PATIENCE
+        )
+        assert response.getheader("Content-Type") == "application/json", data
+        return status, json.loads(data)
 
     def post(self, body: bytes, **headers: str) -> tuple[int, dict[str, Any]]:
         sent = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
@@ -349,6 +345,17 @@ def read_answer(client: socket.socket) -> tuple[int, dict[str, Any]]:
     return int(head.split()[1]), json.loads(body)
 
 
+def send_slowly(client: socket.socket, data: bytes, pause: float, begun: float) -> None:
+    """`data` a byte at a time, `pause` s apart, until all is sent, the server closes the
+    connection, or PATIENCE has passed since `begun`."""
+    with contextlib.suppress(OSError):
+        for byte in data:
+            client.sendall(bytes([byte]))
+            time.sleep(pause)
+            if time.monotonic() - begun > PATIENCE:
+                break
+
+
 def handler_threads() -> int:
     """Threads the server started for connections (its own loop and worker aside)."""
     return sum(1 for t in threading.enumerate() if "process_request_thread" in t.name)
@@ -386,12 +393,7 @@ def test_headers_sent_a_byte_at_a_time_are_cut_at_the_total_deadline(served: Ser
     request = b"POST /alertmanager HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: " + b"a" * 10_000
     with served.raw() as client:
         begun = time.monotonic()
-        with contextlib.suppress(OSError):
-            for byte in request:
-                client.sendall(bytes([byte]))
-                time.sleep(HEADER_TIMEOUT / 10)
-                if time.monotonic() - begun > PATIENCE:
-                    break
+        send_slowly(client, request, HEADER_TIMEOUT / 10, begun)
         status, answer = read_answer(client)
         waited = time.monotonic() - begun
     assert status == 408
@@ -413,12 +415,7 @@ def test_a_slow_body_is_cut_at_the_request_deadline(served: Served, drip: bool) 
     with served.raw() as client:
         begun = time.monotonic()
         client.sendall(head + body[:10])
-        with contextlib.suppress(OSError):
-            for byte in body[10:-1] if drip else b"":
-                client.sendall(bytes([byte]))
-                time.sleep(REQUEST_TIMEOUT / 20)
-                if time.monotonic() - begun > PATIENCE:
-                    break
+        send_slowly(client, body[10:-1] if drip else b"", REQUEST_TIMEOUT / 20, begun)
         status, answer = read_answer(client)
         waited = time.monotonic() - begun
     assert status == 408

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import prometheus_samples, receiver_on_loopback
+from helpers import loopback_request, prometheus_samples, receiver_on_loopback
 from prometheus_client.parser import text_string_to_metric_families
 
 from llmfleet import rollback_receiver as rr
@@ -624,13 +624,7 @@ class Served:
         body: bytes | None = None,
         headers: dict[str, str] | None = None,
     ) -> tuple[int, bytes, http.client.HTTPResponse]:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        try:
-            connection.request(method, path, body=body, headers=headers or {})
-            response = connection.getresponse()
-            return response.status, response.read(), response
-        finally:
-            connection.close()
+        return loopback_request(self.port, method, path, body, headers)
 
     def post(self, document: object, token: str | None = TOKEN) -> tuple[int, Any]:
         headers = {"Content-Type": "application/json"}
