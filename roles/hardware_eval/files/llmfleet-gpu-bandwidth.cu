@@ -96,17 +96,18 @@ std::string uuid_text(const cudaUUID_t &uuid) {
   return out;
 }
 
-// Seconds for `iterations` copies of `bytes` after one warm-up copy, timed on `stream`.
-double time_copies(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind, int iterations,
-                   cudaStream_t stream) {
+// Seconds for `iterations` calls of `copy` (each queues one copy on `stream`) after one
+// warm-up call, timed with CUDA events on `stream`.
+template <typename Copy>
+double time_on_stream(Copy copy, int iterations, cudaStream_t stream) {
   cudaEvent_t start, stop;
   CHECK(cudaEventCreate(&start));
   CHECK(cudaEventCreate(&stop));
-  CHECK(cudaMemcpyAsync(dst, src, bytes, kind, stream));
+  copy();
   CHECK(cudaStreamSynchronize(stream));
   CHECK(cudaEventRecord(start, stream));
   for (int i = 0; i < iterations; ++i) {
-    CHECK(cudaMemcpyAsync(dst, src, bytes, kind, stream));
+    copy();
   }
   CHECK(cudaEventRecord(stop, stream));
   CHECK(cudaEventSynchronize(stop));
@@ -115,6 +116,13 @@ double time_copies(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind
   CHECK(cudaEventDestroy(start));
   CHECK(cudaEventDestroy(stop));
   return ms / 1000.0;
+}
+
+// Seconds for `iterations` copies of `bytes` after one warm-up copy, timed on `stream`.
+double time_copies(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind, int iterations,
+                   cudaStream_t stream) {
+  return time_on_stream([&] { CHECK(cudaMemcpyAsync(dst, src, bytes, kind, stream)); },
+                        iterations, stream);
 }
 
 std::string rate(size_t bytes, double counted, int iterations, double seconds) {
@@ -193,27 +201,14 @@ std::string measure_peer(int from, int to, size_t bytes, int iterations) {
   CHECK(cudaMemset(src, 1, bytes));
   cudaStream_t stream;
   CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  cudaEvent_t start, stop;
-  CHECK(cudaEventCreate(&start));
-  CHECK(cudaEventCreate(&stop));
-  CHECK(cudaMemcpyPeerAsync(dst, to, src, from, bytes, stream));
-  CHECK(cudaStreamSynchronize(stream));
-  CHECK(cudaEventRecord(start, stream));
-  for (int i = 0; i < iterations; ++i) {
-    CHECK(cudaMemcpyPeerAsync(dst, to, src, from, bytes, stream));
-  }
-  CHECK(cudaEventRecord(stop, stream));
-  CHECK(cudaEventSynchronize(stop));
-  float ms = 0.0f;
-  CHECK(cudaEventElapsedTime(&ms, start, stop));
-  CHECK(cudaEventDestroy(start));
-  CHECK(cudaEventDestroy(stop));
+  const double seconds = time_on_stream(
+      [&] { CHECK(cudaMemcpyPeerAsync(dst, to, src, from, bytes, stream)); }, iterations, stream);
   CHECK(cudaStreamDestroy(stream));
   CHECK(cudaFree(src));
   CHECK(cudaSetDevice(to));
   CHECK(cudaFree(dst));
-  const double gib_per_s = ms > 0.0f ? static_cast<double>(bytes) * iterations / (ms / 1000.0) / kGiB
-                                     : 0.0;
+  const double gib_per_s =
+      seconds > 0.0 ? static_cast<double>(bytes) * iterations / seconds / kGiB : 0.0;
   return head + ", \"peer_access\": true, \"gib_per_s\": " + number(gib_per_s) + "}";
 }
 
