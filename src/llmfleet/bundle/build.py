@@ -111,16 +111,11 @@ class BuildResult:
 
 
 @dataclass
-class _Context:
-    output: Path
-    cache: Path
-    staging: Path
-    fetcher: Fetcher
-    hashes: HashCache
-    say: Callable[[str], None]
+class _Context(WheelContext):
+    """What the build's steps share: a wheel set's (folders, fetcher, hash cache, the
+    project's source) and the apt log."""
+
     apt_log: Callable[[str], None] | None
-    #: the llmfleet source a wheel set with `project: true` builds its wheel from
-    project: Path | None = None
 
 
 def check_output(output: Path) -> None:
@@ -295,18 +290,7 @@ def _build(spec: Spec, ctx: _Context, signer: Signer) -> BuildResult:
             )
         )
     for wheelset in spec.wheels:
-        artifacts += ensure_wheel_set(
-            wheelset,
-            WheelContext(
-                output=ctx.output,
-                cache=ctx.cache,
-                staging=ctx.staging,
-                fetcher=ctx.fetcher,
-                hashes=ctx.hashes,
-                say=ctx.say,
-                project=ctx.project,
-            ),
-        )
+        artifacts += ensure_wheel_set(wheelset, ctx)
     sections = []
     for repo in spec.apt:
         section, repo_artifacts = build_repo(repo, spec.name, ctx, signer)

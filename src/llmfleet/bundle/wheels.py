@@ -352,6 +352,7 @@ class WheelContext:
     fetcher: Fetcher
     hashes: HashCache
     say: Callable[[str], None]
+    #: the llmfleet source a wheel set with `project: true` builds its wheel from
     project: Path | None
 
 
