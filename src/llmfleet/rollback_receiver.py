@@ -732,23 +732,34 @@ def metric_families(
     )
     for (host, result), count in sorted(rollbacks.items()):
         runs.add_metric([host, result], count)
-    decided = CounterMetricFamily(
+    decided = counter_by(
         "llmfleet_rollback_alerts",
         "Alerts received, by the receiver's decision.",
-        labels=["decision"],
+        "decision",
+        DECISIONS,
+        alerts,
     )
-    for decision in sorted(set(DECISIONS) | set(alerts)):
-        decided.add_metric([decision], alerts.get(decision, 0))
     if refused is None:
         return [runs, decided]
-    refusals = CounterMetricFamily(
+    refusals = counter_by(
         "llmfleet_rollback_requests_refused",
         "Requests refused before anything was recorded, by reason.",
-        labels=["reason"],
+        "reason",
+        REFUSALS,
+        refused,
     )
-    for reason in sorted(set(REFUSALS) | set(refused)):
-        refusals.add_metric([reason], refused.get(reason, 0))
     return [runs, decided, refusals]
+
+
+def counter_by(
+    name: str, text: str, label: str, known: Iterable[str], counts: Mapping[str, int]
+) -> CounterMetricFamily:
+    """A counter with one label: a sample for every `known` value (0 where `counts` has
+    none) and for any other value `counts` has, sorted by the label."""
+    family = CounterMetricFamily(name, text, labels=[label])
+    for value in sorted(set(known) | set(counts)):
+        family.add_metric([value], counts.get(value, 0))
+    return family
 
 
 class _Families:
