@@ -261,31 +261,38 @@ def test_render_playbook_compiles_group_and_host_overrides(promtool: str, tmp_pa
     assert recorded["llmfleet:qps:value"] == "llmfleet:requests:rate1m"
 
 
-def test_render_playbook_fails_on_a_bad_rule_before_writing(tmp_path: Path) -> None:
-    inventory = write_inventory(
-        tmp_path,
-        host_vars={
-            "gpu-b": {"llmfleet_alert_overrides": {"gpu_utilization": {"threshold": "500ms"}}}
-        },
-        group_vars={},
-    )
+@pytest.mark.parametrize(
+    ("host_vars", "group_vars", "messages"),
+    [
+        pytest.param(
+            {"gpu-b": {"llmfleet_alert_overrides": {"gpu_utilization": {"threshold": "500ms"}}}},
+            {},
+            ["gpu-b: gpu_utilization: threshold '500ms' is a time", "takes a percentage"],
+            id="fails_on_a_bad_rule_before_writing",
+        ),
+        pytest.param(
+            {},
+            {"fleet": {"llmfleet_alert_rules": []}},
+            [
+                "llmfleet_alert_rules and llmfleet_alert_extra_rules hold no rule",
+                "set llmfleet_alert_rules_allow_empty: true",
+            ],
+            id="refuses_an_empty_rule_list",
+        ),
+    ],
+)
+def test_render_playbook_refuses_and_writes_nothing(
+    tmp_path: Path,
+    host_vars: dict[str, Any],
+    group_vars: dict[str, Any],
+    messages: list[str],
+) -> None:
+    inventory = write_inventory(tmp_path, host_vars=host_vars, group_vars=group_vars)
     dest = tmp_path / "rules.yml"
     result = playbook("-i", str(inventory), "-e", f"llmfleet_alert_rules_dest={dest}")
     assert result.returncode != 0
-    assert "gpu-b: gpu_utilization: threshold '500ms' is a time" in result.stdout
-    assert "takes a percentage" in result.stdout
-    assert not dest.exists()
-
-
-def test_render_playbook_refuses_an_empty_rule_list(tmp_path: Path) -> None:
-    inventory = write_inventory(
-        tmp_path, host_vars={}, group_vars={"fleet": {"llmfleet_alert_rules": []}}
-    )
-    dest = tmp_path / "rules.yml"
-    result = playbook("-i", str(inventory), "-e", f"llmfleet_alert_rules_dest={dest}")
-    assert result.returncode != 0
-    assert "llmfleet_alert_rules and llmfleet_alert_extra_rules hold no rule" in result.stdout
-    assert "set llmfleet_alert_rules_allow_empty: true" in result.stdout
+    for message in messages:
+        assert message in result.stdout
     assert not dest.exists()
 
 
