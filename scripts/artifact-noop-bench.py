@@ -75,7 +75,7 @@ MODEL = "model-smollm2-135m-instruct"  # bundles/ci.yml's model entry
 # Where the host keeps them (a folder that exists on Debian: fetch creates no folder).
 HOST_DIR = "/srv"
 # The markers folder of the runs with no marker: removed before each such run.
-NO_MARKERS_DIR = "/var/lib/llmfleet/verified-none"
+NO_MARKERS_DIR = "/var/lib/llmfleet-verified-none"
 # roles/mirror_client/tasks/fetch.yml: its first task; the fetch entry point's time runs from it.
 FETCH_TASK = "Check that the bundle has the artifact"
 TARGET_RATIO = 1.10

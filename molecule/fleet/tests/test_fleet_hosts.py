@@ -85,6 +85,8 @@ def test_secret_files_are_not_world_readable(host, name: str) -> None:
         ("/etc/caddy/llmfleet.env", "root", "caddy", 0o640),
         ("/etc/caddy/Caddyfile", "root", "caddy", 0o640),
         ("/etc/systemd/system/llmfleet-engine@.service", "root", "root", 0o644),
+        # What fetch verified: root's alone (the service user could otherwise vouch for a file)
+        ("/var/lib/llmfleet-verified", "root", "root", 0o755),
     ],
 )
 def test_file_owner_and_mode(host, path: str, user: str, group: str, mode: int) -> None:
