@@ -55,6 +55,7 @@ def engine_plan(
     nvcc_present: bool = False,
     nvcc: str = "/usr/bin/nvcc",
     architectures: str = "",
+    host_compiler: str = "",
     extra_args: list[str] | None = None,
     version: str = "",
     machine: str = "x86_64",
@@ -76,6 +77,8 @@ def engine_plan(
             f"-DCMAKE_CUDA_COMPILER={nvcc}",
             f"-DCMAKE_CUDA_ARCHITECTURES={archs}",
         ]
+        if host_compiler:
+            args.append(f"-DCMAKE_CUDA_HOST_COMPILER={host_compiler}")
     else:
         args += ["-DGGML_CUDA=OFF"]
     args += list(extra_args or [])

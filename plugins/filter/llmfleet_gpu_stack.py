@@ -148,11 +148,13 @@ def cuda_plan(
     distribution_cuda: Mapping[str, Any] | None = None,
     cuda_repo: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """CUDA's packages and folders: ``{packages, home, bin_dir, lib_dir, problems}``.
+    """CUDA's packages, folders and host compiler:
+    ``{packages, home, bin_dir, lib_dir, host_compiler, problems}``.
 
     ``distribution_cuda`` (the OS archive's CUDA, from roles/cuda_toolkit/vars/<OS>.yml; empty
     or None where the archive has none) and ``cuda_repo`` (NVIDIA's CUDA repository,
-    vars/main.yml) each hold ``{packages, home, bin_dir, lib_dir}`` with the placeholders
+    vars/main.yml) each hold ``{packages, home, bin_dir, lib_dir}`` (and ``host_compiler``:
+    the g++ nvcc must use, empty for nvcc's own choice) with the placeholders
     ``{version}``, ``{major}`` and ``{minor}``. ``problems`` says why it cannot go on (empty
     when it can). The driver is checked against the release by the role's tasks.
     """
@@ -175,6 +177,7 @@ def cuda_plan(
         "home": fill(source.get("home") or "", **fields),
         "bin_dir": fill(source.get("bin_dir") or "", **fields),
         "lib_dir": fill(source.get("lib_dir") or "", **fields),
+        "host_compiler": fill(source.get("host_compiler") or "", **fields),
         "problems": problems,
     }
 

@@ -39,6 +39,19 @@ def test_gpu_host_with_nvcc_builds_cuda_for_its_architectures() -> None:
     assert plan["build_id"].startswith("0.3.36-cuda80-86-x86_64-")
 
 
+def test_the_toolkits_host_compiler_goes_to_cmake_and_makes_another_build() -> None:
+    wrapper = "/usr/lib/nvidia-cuda-toolkit/bin/g++"
+    plain = engine.engine_plan(A100_AND_3060, nvcc_present=True, version="0.3.36")
+    debian = engine.engine_plan(
+        A100_AND_3060, nvcc_present=True, version="0.3.36", host_compiler=wrapper
+    )
+    assert f"-DCMAKE_CUDA_HOST_COMPILER={wrapper}" in debian["cmake_args"]
+    assert not any("CMAKE_CUDA_HOST_COMPILER" in arg for arg in plain["cmake_args"])
+    assert debian["build_id"] != plain["build_id"]
+    cpu = engine.engine_plan(NO_GPU, version="0.3.36", host_compiler=wrapper)
+    assert cpu == engine.engine_plan(NO_GPU, version="0.3.36")  # a CPU build has no nvcc
+
+
 def test_gpu_host_without_nvcc_builds_for_the_cpu() -> None:
     assert engine.engine_plan(A100_AND_3060, nvcc_present=False)["variant"] == "cpu"
 

@@ -267,6 +267,8 @@ def test_cuda_11_8_on_debian() -> None:
         "home": "/usr/lib/cuda",
         "bin_dir": "/usr/bin",
         "lib_dir": "/usr/lib/x86_64-linux-gnu",
+        # Debian's g++ wrapper (g++-11): nvcc 11.8 refuses Debian 12's g++ 12
+        "host_compiler": "/usr/lib/nvidia-cuda-toolkit/bin/g++",
         "problems": [],
     }
     nvidia = cuda("11.8", "cuda_repo", "Ubuntu")
@@ -274,6 +276,7 @@ def test_cuda_11_8_on_debian() -> None:
     assert nvidia["home"] == "/usr/local/cuda-11.8"
     assert nvidia["bin_dir"] == "/usr/local/cuda-11.8/bin"
     assert nvidia["lib_dir"] == "/usr/local/cuda-11.8/lib64"
+    assert nvidia["host_compiler"] == ""  # nvcc's own choice
     assert nvidia["problems"] == []
 
 
