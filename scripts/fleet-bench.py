@@ -303,7 +303,8 @@ def builders(timings: list[dict[str, Any]]) -> set[str]:
         line["host"]
         for line in timings
         if line.get("role") == "inference_engine"
-        and line.get("task", "").startswith(BUILD_TASK)
+        # the callback's task names carry the role ("inference_engine : Build the server ...")
+        and line.get("task", "").split(" : ", 1)[-1].startswith(BUILD_TASK)
         and line.get("status") == "changed"
     }
 

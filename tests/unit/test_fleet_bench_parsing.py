@@ -1,0 +1,75 @@
+"""scripts/fleet-bench.py's parsing: who built the engine (from the timings callback's lines,
+as ansible-core names the tasks), each role's span per host, the play recap, the bytes the
+mirror's nginx served, and the summary of one N."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from helpers import load_module_file
+
+bench = load_module_file(
+    "fleet_bench", Path(__file__).resolve().parents[2] / "scripts" / "fleet-bench.py"
+)
+
+BUILD = "inference_engine : Build the server, the quantizer and the benchmarks (no network; ccache)"
+
+
+def line(host: str, task: str, status: str, start: float, end: float) -> dict[str, object]:
+    role = task.split(" : ", 1)[0] if " : " in task else None
+    return {"host": host, "task": task, "role": role, "status": status, "start": start, "end": end}
+
+
+TIMINGS = [
+    line("fb-host1", "inference_engine : Look for nvcc", "ok", 100.0, 100.3),
+    line("fb-host1", BUILD, "changed", 110.0, 124.3),
+    line("fb-host1", "inference_engine : Put the build on the mirror", "changed", 130.0, 131.8),
+    line("fb-host2", "inference_engine : Look for nvcc", "ok", 100.0, 100.2),
+    line("fb-host2", BUILD, "skipped", 0.0, 0.0),
+    line("fb-host2", "inference_engine : Unpack the published build", "changed", 132.0, 135.5),
+    line("fb-host2", "model_store : Download the model", "changed", 140.0, 150.0),
+]
+
+
+def test_the_builder_is_the_host_whose_build_task_changed() -> None:
+    assert bench.builders(TIMINGS) == {"fb-host1"}
+    # a build that found its binaries in place (creates:) built nothing
+    assert bench.builders([{**TIMINGS[1], "status": "ok"}]) == set()
+
+
+def test_a_roles_span_runs_from_its_first_start_to_its_last_end() -> None:
+    assert bench.role_seconds(TIMINGS, "inference_engine") == {"fb-host1": 31.8, "fb-host2": 35.5}
+    assert bench.role_seconds(TIMINGS, "model_store") == {"fb-host2": 10.0}
+
+
+def test_the_recap_and_the_served_bytes() -> None:
+    output = (
+        "PLAY RECAP ***\n"
+        "fb-host1                   : ok=141  changed=0    unreachable=0    failed=0    "
+        "skipped=80   rescued=0    ignored=0\n"
+        "fb-mirror                  : ok=40   changed=2    unreachable=0    failed=0    "
+        "skipped=10   rescued=0    ignored=0\n"
+    )
+    assert bench.recap(output) == {
+        "fb-host1": {"ok": 141, "changed": 0, "unreachable": 0, "failed": 0, "skipped": 80},
+        "fb-mirror": {"ok": 40, "changed": 2, "unreachable": 0, "failed": 0, "skipped": 10},
+    }
+    log = (
+        '10.0.0.3 - - [30/Nov/2026:08:00:00 +0] "GET /m.gguf HTTP/1.1" 200 98000000 "-" "x"\n'
+        '10.0.0.3 - - [30/Nov/2026:08:00:01 +0] "GET /b.tgz HTTP/1.1" 206 500 "-" "x"\n'
+        '10.0.0.3 - - [30/Nov/2026:08:00:02 +0] "GET /missing HTTP/1.1" 404 153 "-" "x"\n'
+    )
+    assert bench.served_bytes(log) == 98000500
+
+
+def test_the_summary_splits_the_build_from_the_installs() -> None:
+    first = {
+        "engine_s": bench.role_seconds(TIMINGS, "inference_engine"),
+        "engine_built_on": sorted(bench.builders(TIMINGS)),
+        "mirror_bytes_served": 200,
+    }
+    summary = bench.summarize(2, first, {"wall_s": 10.0}, {"bytes_per_s": 100.0})
+    assert summary["engine_build_s"] == 31.8
+    assert summary["engine_install_s_others"] == [35.5]
+    assert summary["engine_install_fraction"] == round(35.5 / 31.8, 3)
+    assert summary["download_at_mirror_limit_s"] == 2.0
