@@ -155,6 +155,18 @@ def option(argv: list[str], *names: str) -> str | None:
     return None
 
 
+def executable(pid: int, argv: list[str]) -> str:
+    """The binary a process runs: /proc/<pid>/exe, or its absolute argv[0] where the link
+    cannot be read (the engine unit's PrivateUsers= puts it in a user namespace that root in
+    a container without CAP_SYS_PTRACE may not inspect)."""
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except PermissionError:
+        if argv and os.path.isabs(argv[0]) and os.access(argv[0], os.X_OK):
+            return argv[0]
+        raise SystemExit(f"cannot tell which binary process {pid} runs ({argv[:1]})") from None
+
+
 def service_engine() -> dict[str, Any]:
     """The active color's running llama-server: binary, argv, user, port, model, key file."""
     fact = json.loads(BLUE_GREEN_FACT.read_text())
@@ -174,7 +186,7 @@ def service_engine() -> dict[str, Any]:
         "color": color,
         "unit": unit,
         "build": fact.get("colors", {}).get(color, {}).get("build"),
-        "exe": os.readlink(f"/proc/{pid}/exe"),
+        "exe": executable(pid, argv),
         "argv": argv,
         "user": shown[1] if len(shown) > 1 else "root",
         "port": int(option(argv, "--port") or 0),
