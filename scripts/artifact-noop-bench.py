@@ -139,13 +139,16 @@ def bundle_spec(ci_spec: dict[str, Any], artifact: Path, sha256: str) -> dict[st
 # --- the measurements ---------------------------------------------------------------------
 
 
+def own_name(line: dict[str, Any]) -> str:
+    """A task's own name: the callback's names carry the role ("mirror_client : Check ...")."""
+    return line.get("task", "").split(" : ", 1)[-1]
+
+
 def fetch_seconds(timings: list[dict[str, Any]]) -> float | None:
     """The fetch entry point's time: from its first task's start to the end of the last task
     of mirror_client that ran after it (None when it did not run)."""
     lines = [line for line in timings if line.get("role") == "mirror_client"]
-    first = next(
-        (i for i, line in enumerate(lines) if line.get("task", "").startswith(FETCH_TASK)), None
-    )
+    first = next((i for i, line in enumerate(lines) if own_name(line).startswith(FETCH_TASK)), None)
     if first is None or lines[first].get("start") is None:
         return None
     end = max(line["end"] for line in lines[first:])
