@@ -8,12 +8,16 @@ again (a no-op run), and reports for each run:
 
 - the wall time, and the control node's CPU seconds (ansible-playbook and its workers) per host;
 - the tasks each host ran (ok, changed, failed; not skipped), from the play recap;
-- the engine's install time on each host (the inference_engine role, from a callback that logs
-  each task's times: scripts/callback_plugins/llmfleet_timings.py), the first host's build
-  against the published build the others install;
-- the bytes the mirror served (its nginx access log) and the mirror's throughput on the same
-  network measured with a plain HTTP client (a host downloading the bundle's model), so that
-  the rollout's download phase is reported against that limit.
+- the engine's install time on each host: the seconds the tasks of the inference_engine role
+  kept that host busy (from a callback that logs each task's times:
+  scripts/callback_plugins/llmfleet_timings.py), the first host's build against the published
+  build the others install. Busy time, not the role's span: under the linear strategy the
+  installers wait inside that span while the builder compiles;
+- the bytes the mirror served (its nginx access log), split into the apt repository and the
+  bundle's other artifacts, and the download phase: the wall-clock seconds during which any
+  host ran a `get_url` download that fetched something (the artifacts) or an `apt` task that
+  installed something (the packages), against the same bytes at the mirror's throughput on the
+  same network, measured with a plain HTTP client (a host downloading the bundle's model).
 
 It writes a JSON document (`--json`) and prints a table. It is a benchmark, not a test: it
 asserts nothing about speed (tests/scenarios/test_fleet_bench.py runs it at N=2 to keep it
@@ -50,7 +54,9 @@ RECAP = re.compile(
     re.MULTILINE,
 )
 # nginx's combined log format: ... "GET /path HTTP/1.1" 200 12345 ...
-ACCESS = re.compile(r'"[A-Z]+ \S+ [^"]*" (?P<status>\d{3}) (?P<bytes>\d+)')
+ACCESS = re.compile(r'"[A-Z]+ (?P<path>\S+) [^"]*" (?P<status>\d{3}) (?P<bytes>\d+)')
+APT_PREFIX = "/apt/"  # the bundle's apt repositories; everything else is an artifact
+DOWNLOADS = {"apt": "apt", "get_url": "artifacts"}  # a task's module: what it fetches
 
 
 def tool(name: str) -> str:
@@ -73,12 +79,14 @@ def recap(output: str) -> dict[str, dict[str, int]]:
     return counters
 
 
-def served_bytes(access_log: str) -> int:
-    """Bytes of every 200/206 answer in an nginx access log (combined format)."""
+def served_bytes(access_log: str, kind: str | None = None) -> int:
+    """Bytes of every 200/206 answer in an nginx access log (combined format); with `kind`,
+    only those of the apt repositories ("apt") or of the other artifacts ("artifacts")."""
     return sum(
         int(match["bytes"])
         for match in ACCESS.finditer(access_log)
         if match["status"] in ("200", "206")
+        and (kind is None or (kind == "apt") == match["path"].startswith(APT_PREFIX))
     )
 
 
@@ -92,6 +100,39 @@ def role_seconds(timings: list[dict[str, Any]], role: str) -> dict[str, float]:
         span[0] = min(span[0], line["start"])
         span[1] = max(span[1], line["end"])
     return {host: round(end - start, 1) for host, (start, end) in sorted(spans.items())}
+
+
+def busy_seconds(timings: list[dict[str, Any]], role: str) -> dict[str, float]:
+    """Per host: the sum of the durations of the tasks of `role` that ran there (not the
+    time it spent waiting for other hosts between them)."""
+    busy: dict[str, float] = {}
+    for line in timings:
+        if line.get("role") != role or line.get("status") == "skipped" or not line.get("start"):
+            continue
+        busy[line["host"]] = busy.get(line["host"], 0.0) + line["end"] - line["start"]
+    return {host: round(seconds, 1) for host, seconds in sorted(busy.items())}
+
+
+def module_of(line: dict[str, Any]) -> str:
+    """The task's module without its collection: ansible.builtin.get_url -> get_url."""
+    return str(line.get("action") or "").rsplit(".", 1)[-1]
+
+
+def phase_seconds(timings: list[dict[str, Any]], module: str) -> float:
+    """Wall-clock seconds during which any host ran a task of `module` that changed
+    something (a download that fetched, an install that installed): the union of those
+    tasks' intervals across the hosts."""
+    intervals = sorted(
+        (line["start"], line["end"])
+        for line in timings
+        if module_of(line) == module and line.get("status") == "changed" and line.get("start")
+    )
+    total, reach = 0.0, float("-inf")
+    for start, end in intervals:
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return round(total, 1)
 
 
 def read_timings(path: Path) -> list[dict[str, Any]]:
@@ -273,8 +314,16 @@ class Bench:
                 if host in self.hosts
             },
             "engine_s": role_seconds(lines, "inference_engine"),
+            "engine_busy_s": busy_seconds(lines, "inference_engine"),
             "engine_built_on": sorted(builders(lines)),
             "mirror_bytes_served": served_bytes(access),
+            "downloads": {
+                kind: {
+                    "bytes": served_bytes(access, kind),
+                    "phase_s": phase_seconds(lines, module),
+                }
+                for module, kind in DOWNLOADS.items()
+            },
         }
 
     def mirror_throughput(self) -> dict[str, Any]:
@@ -316,7 +365,7 @@ def summarize(
     mirror: dict[str, Any],
     noop_mitogen: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    engine = first["engine_s"]
+    engine = first["engine_busy_s"]
     built = [engine[host] for host in sorted(first["engine_built_on"]) if host in engine]
     installs = sorted(
         value for host, value in engine.items() if host not in first["engine_built_on"]
@@ -324,6 +373,18 @@ def summarize(
     builder_s = max(built, default=0.0)
     rate = mirror["bytes_per_s"]
     download_s = first["mirror_bytes_served"] / rate if rate else None
+    downloads = {
+        kind: {
+            **phase,
+            "at_mirror_limit_s": round(phase["bytes"] / rate, 2) if rate else None,
+            "ratio_to_limit": (
+                round(phase["phase_s"] / (phase["bytes"] / rate), 1)
+                if rate and phase["bytes"]
+                else None
+            ),
+        }
+        for kind, phase in first.get("downloads", {}).items()
+    }
     return {
         "hosts": count,
         "first_rollout": first,
@@ -339,7 +400,16 @@ def summarize(
             round(max(installs) / builder_s, 3) if installs and builder_s else None
         ),
         "download_at_mirror_limit_s": None if download_s is None else round(download_s, 1),
+        "downloads": downloads,
     }
+
+
+def phase(result: dict[str, Any], kind: str) -> str:
+    """A download phase's seconds, and the same bytes at the mirror's limit: "12.3 (0.05)"."""
+    download = result.get("downloads", {}).get(kind)
+    if not download:
+        return "-"
+    return f"{download['phase_s']:g} ({download['at_mirror_limit_s']:g})"
 
 
 def table(results: list[dict[str, Any]]) -> str:
@@ -354,6 +424,8 @@ def table(results: list[dict[str, Any]]) -> str:
         "install s (2..N)",
         "served MB",
         "mirror MB/s",
+        "artifacts s (at limit)",
+        "apt s (at limit)",
     )
     rows = []
     for r in results:
@@ -370,6 +442,8 @@ def table(results: list[dict[str, Any]]) -> str:
                 f"{max(r['engine_install_s_others']):g}" if r["engine_install_s_others"] else "-",
                 f"{r['first_rollout']['mirror_bytes_served'] / 1e6:.0f}",
                 f"{r['mirror_throughput']['bytes_per_s'] / 1e6:.0f}",
+                phase(r, "artifacts"),
+                phase(r, "apt"),
             )
         )
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(columns)]

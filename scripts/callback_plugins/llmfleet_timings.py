@@ -1,9 +1,10 @@
 """Ansible callback llmfleet_timings: one JSON line per task and host, with its times.
 
-Used by scripts/fleet-bench.py to tell, per host, how long each role took (the engine's build
-on one host against its install on the others). Enabled with
-ANSIBLE_CALLBACKS_ENABLED=llmfleet_timings and ANSIBLE_CALLBACK_PLUGINS=scripts/callback_plugins;
-the lines go to the file named by LLMFLEET_TIMINGS_FILE.
+Used by scripts/fleet-bench.py to tell, per host, how long each role kept the host busy (the
+engine's build on one host against its install on the others) and how long the downloads
+took. Enabled with ANSIBLE_CALLBACKS_ENABLED=llmfleet_timings and
+ANSIBLE_CALLBACK_PLUGINS=scripts/callback_plugins; the lines go to the file named by
+LLMFLEET_TIMINGS_FILE.
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ class CallbackModule(CallbackBase):
         start = self._started.pop((host, task._uuid), None)
         end = time.time()
         role = task._role.get_name() if task._role else None
-        line = {"host": host, "task": task.get_name(), "role": role, "status": status,
-                "start": start, "end": end}  # fmt: skip
+        line = {"host": host, "task": task.get_name(), "role": role, "action": task.action,
+                "status": status, "start": start, "end": end}  # fmt: skip
         with open(self._path, "a", encoding="utf-8") as stream:
             stream.write(json.dumps(line) + "\n")
 

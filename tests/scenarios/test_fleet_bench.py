@@ -62,11 +62,18 @@ def test_fleet_bench_at_two_hosts(tmp_path: Path, capsys: pytest.CaptureFixture[
     }
     assert all(counts["changed"] == 0 for counts in mitogen["tasks"].values()), mitogen["tasks"]
     # one host built the engine, the other installed the published build
-    assert set(first["engine_s"]) == hosts
+    assert set(first["engine_s"]) == hosts and set(first["engine_busy_s"]) == hosts
     assert len(run["engine_install_s_others"]) == 1
     # the first rollout downloaded at least the model from the mirror; the no-op nothing big
     model_bytes = run["mirror_throughput"]["bytes"]
     assert first["mirror_bytes_served"] >= 2 * model_bytes
     assert noop["mirror_bytes_served"] < model_bytes
+    # the download phases: the model came in get_url downloads, the packages through apt
+    downloads = run["downloads"]
+    assert downloads["artifacts"]["bytes"] >= 2 * model_bytes
+    assert downloads["artifacts"]["phase_s"] > 0 and downloads["apt"]["phase_s"] > 0
+    assert (
+        downloads["apt"]["bytes"] + downloads["artifacts"]["bytes"] == first["mirror_bytes_served"]
+    )
     assert run["mirror_throughput"]["bytes_per_s"] > 0
     assert first["control_cpu_s"] > 0 and noop["control_cpu_s"] > 0

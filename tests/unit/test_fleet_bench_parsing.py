@@ -1,6 +1,6 @@
 """scripts/fleet-bench.py's parsing: who built the engine (from the timings callback's lines,
-as ansible-core names the tasks), each role's span per host, the play recap, the bytes the
-mirror's nginx served, and the summary of one N."""
+as ansible-core names the tasks), each role's span and busy time per host, the download phases,
+the play recap, the bytes the mirror's nginx served, and the summary of one N."""
 
 from __future__ import annotations
 
@@ -15,9 +15,12 @@ bench = load_module_file(
 BUILD = "inference_engine : Build the server, the quantizer and the benchmarks (no network; ccache)"
 
 
-def line(host: str, task: str, status: str, start: float, end: float) -> dict[str, object]:
+def line(
+    host: str, task: str, status: str, start: float, end: float, action: str = "command"
+) -> dict[str, object]:
     role = task.split(" : ", 1)[0] if " : " in task else None
-    return {"host": host, "task": task, "role": role, "status": status, "start": start, "end": end}
+    return {"host": host, "task": task, "role": role, "action": f"ansible.builtin.{action}",
+            "status": status, "start": start, "end": end}  # fmt: skip
 
 
 TIMINGS = [
@@ -26,8 +29,19 @@ TIMINGS = [
     line("fb-host1", "inference_engine : Put the build on the mirror", "changed", 130.0, 131.8),
     line("fb-host2", "inference_engine : Look for nvcc", "ok", 100.0, 100.2),
     line("fb-host2", BUILD, "skipped", 0.0, 0.0),
-    line("fb-host2", "inference_engine : Unpack the published build", "changed", 132.0, 135.5),
-    line("fb-host2", "model_store : Download the model", "changed", 140.0, 150.0),
+    line(
+        "fb-host2",
+        "inference_engine : Download the published build",
+        "changed",
+        132.0,
+        133.0,
+        "get_url",
+    ),
+    line("fb-host2", "inference_engine : Unpack the published build", "changed", 133.0, 135.5),
+    line("fb-host1", "model_store : Download the model", "changed", 140.0, 149.0, "get_url"),
+    line("fb-host2", "model_store : Download the model", "changed", 141.0, 150.0, "get_url"),
+    line("fb-host1", "model_store : Download the tokenizer", "ok", 151.0, 152.0, "get_url"),
+    line("fb-host1", "node_metrics : Install the exporter", "changed", 160.0, 163.0, "apt"),
 ]
 
 
@@ -39,7 +53,19 @@ def test_the_builder_is_the_host_whose_build_task_changed() -> None:
 
 def test_a_roles_span_runs_from_its_first_start_to_its_last_end() -> None:
     assert bench.role_seconds(TIMINGS, "inference_engine") == {"fb-host1": 31.8, "fb-host2": 35.5}
-    assert bench.role_seconds(TIMINGS, "model_store") == {"fb-host2": 10.0}
+    assert bench.role_seconds(TIMINGS, "model_store") == {"fb-host1": 12.0, "fb-host2": 9.0}
+
+
+def test_a_roles_busy_time_leaves_out_the_waits_between_its_tasks() -> None:
+    # host 2 waited from 100.2 to 132.0 while host 1 compiled: not part of its install
+    assert bench.busy_seconds(TIMINGS, "inference_engine") == {"fb-host1": 16.4, "fb-host2": 3.7}
+
+
+def test_a_download_phase_is_the_union_of_the_downloads_that_fetched() -> None:
+    # 132-133 on host 2, then 140-150 on both hosts at once; the tokenizer was in place
+    assert bench.phase_seconds(TIMINGS, "get_url") == 11.0
+    assert bench.phase_seconds(TIMINGS, "apt") == 3.0
+    assert bench.phase_seconds(TIMINGS, "unarchive") == 0.0
 
 
 def test_the_recap_and_the_served_bytes() -> None:
@@ -60,16 +86,26 @@ def test_the_recap_and_the_served_bytes() -> None:
         '10.0.0.3 - - [30/Nov/2026:08:00:02 +0] "GET /missing HTTP/1.1" 404 153 "-" "x"\n'
     )
     assert bench.served_bytes(log) == 98000500
+    apt = '10.0.0.3 - - [30/Nov/2026:08:00:03 +0] "GET /apt/debian12/a.deb HTTP/1.1" 200 7 "-"\n'
+    assert bench.served_bytes(log + apt, "apt") == 7
+    assert bench.served_bytes(log + apt, "artifacts") == 98000500
 
 
 def test_the_summary_splits_the_build_from_the_installs() -> None:
     first = {
-        "engine_s": bench.role_seconds(TIMINGS, "inference_engine"),
+        "engine_busy_s": bench.busy_seconds(TIMINGS, "inference_engine"),
         "engine_built_on": sorted(bench.builders(TIMINGS)),
         "mirror_bytes_served": 200,
+        "downloads": {"artifacts": {"bytes": 150, "phase_s": 11.0}},
     }
     summary = bench.summarize(2, first, {"wall_s": 10.0}, {"bytes_per_s": 100.0})
-    assert summary["engine_build_s"] == 31.8
-    assert summary["engine_install_s_others"] == [35.5]
-    assert summary["engine_install_fraction"] == round(35.5 / 31.8, 3)
+    assert summary["engine_build_s"] == 16.4
+    assert summary["engine_install_s_others"] == [3.7]
+    assert summary["engine_install_fraction"] == round(3.7 / 16.4, 3)
     assert summary["download_at_mirror_limit_s"] == 2.0
+    assert summary["downloads"]["artifacts"] == {
+        "bytes": 150,
+        "phase_s": 11.0,
+        "at_mirror_limit_s": 1.5,
+        "ratio_to_limit": 7.3,
+    }
