@@ -163,6 +163,26 @@ def loopback_request(
         connection.close()
 
 
+class ServedReceiver:
+    """A receiver served by `receiver_on_loopback` and requests to it, each on a connection
+    of its own (`loopback_request`) with the `timeout` of the test."""
+
+    timeout: float = 10
+
+    def __init__(self, receiver: Any, port: int) -> None:
+        self.receiver = receiver
+        self.port = port
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, bytes, http.client.HTTPResponse]:
+        return loopback_request(self.port, method, path, body, headers, self.timeout)
+
+
 def prometheus_samples(text: str) -> dict[str, float]:
     """`name{labels}` -> value for every sample line of a Prometheus text exposition."""
     return {

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import loopback_request, prometheus_samples, receiver_on_loopback
+from helpers import ServedReceiver, prometheus_samples, receiver_on_loopback
 
 from llmfleet import rollback_receiver as rr
 
@@ -63,30 +63,30 @@ class Runs:
         return rr.RunOutcome("successful", 0, 0.01)
 
 
-class Served:
+class Served(ServedReceiver):
+    timeout = PATIENCE
+
     def __init__(self, receiver: rr.Receiver, port: int, runs: Runs) -> None:
-        self.receiver = receiver
-        self.port = port
+        super().__init__(receiver, port)
         self.runs = runs
         self.config = receiver.config
 
-    def request(
+    def answer(
         self,
         method: str,
         path: str,
         body: bytes | None = None,
         headers: dict[str, str] | None = None,
     ) -> tuple[int, dict[str, Any]]:
-        status, data, response = loopback_request(
-            self.port, method, path, body, headers, timeout=PATIENCE
-        )
+        """A request's status and its JSON answer (every answer of the receiver is JSON)."""
+        status, data, response = self.request(method, path, body, headers)
         assert response.getheader("Content-Type") == "application/json", data
         return status, json.loads(data)
 
     def post(self, body: bytes, **headers: str) -> tuple[int, dict[str, Any]]:
         sent = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
         sent.update({name.replace("_", "-"): value for name, value in headers.items()})
-        return self.request("POST", "/alertmanager", body, {k: v for k, v in sent.items() if v})
+        return self.answer("POST", "/alertmanager", body, {k: v for k, v in sent.items() if v})
 
     def raw(self) -> socket.socket:
         return socket.create_connection(("127.0.0.1", self.port), timeout=PATIENCE)
@@ -231,7 +231,7 @@ def test_a_refused_request_names_the_input_and_records_nothing(
     if body is not None:
         sent["Content-Type"] = "application/json"
     sent.update(headers)
-    answer_status, answer = served.request(
+    answer_status, answer = served.answer(
         method, path, body, {k: v for k, v in sent.items() if v is not None}
     )
     assert answer_status == status, answer

@@ -8,7 +8,6 @@ the real playbook.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import threading
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import loopback_request, prometheus_samples, receiver_on_loopback
+from helpers import ServedReceiver, prometheus_samples, receiver_on_loopback
 from prometheus_client.parser import text_string_to_metric_families
 
 from llmfleet import rollback_receiver as rr
@@ -612,20 +611,7 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-class Served:
-    def __init__(self, receiver: rr.Receiver, port: int) -> None:
-        self.receiver = receiver
-        self.port = port
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: bytes | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> tuple[int, bytes, http.client.HTTPResponse]:
-        return loopback_request(self.port, method, path, body, headers)
-
+class Served(ServedReceiver):
     def post(self, document: object, token: str | None = TOKEN) -> tuple[int, Any]:
         headers = {"Content-Type": "application/json"}
         if token is not None:
