@@ -19,7 +19,8 @@ again (a no-op run), and reports for each run:
   installed something (the packages), against the same bytes at the mirror's throughput on the
   same network, measured with a plain HTTP client (a host downloading the bundle's model).
 
-It writes a JSON document (`--json`) and prints a table. It is a benchmark, not a test: it
+It writes a JSON document (`--json`, with every run's task timings in `<json>.timings/`)
+and prints a table. It is a benchmark, not a test: it
 asserts nothing about speed (tests/scenarios/test_fleet_bench.py runs it at N=2 to keep it
 working). It needs what `scripts/dev.sh test` prepares: the virtual environment, Docker, the
 test image and the CI bundle.
@@ -48,6 +49,11 @@ NETWORK_SCENARIO = "fleet-bench"  # the network is llmfleet-fleet-bench
 MIRROR = "fb-mirror"
 DOCKER = "community.docker.docker"
 BUILD_TASK = "Build the server"  # roles/inference_engine/tasks/build.yml
+# The engine's own work on each side (roles/inference_engine/tasks): the builder compiles
+# and publishes, the others download, check and unpack the published build. The tasks both
+# sides run (the plan, the runtime libraries, retiring old builds) are in neither.
+BUILD_FILES = ("build.yml", "publish.yml")
+INSTALL_FILES = ("install_published.yml",)
 RECAP = re.compile(
     r"^(?P<host>\S+)\s+:\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)"
     r"\s+failed=(?P<failed>\d+)\s+skipped=(?P<skipped>\d+)",
@@ -102,12 +108,17 @@ def role_seconds(timings: list[dict[str, Any]], role: str) -> dict[str, float]:
     return {host: round(end - start, 1) for host, (start, end) in sorted(spans.items())}
 
 
-def busy_seconds(timings: list[dict[str, Any]], role: str) -> dict[str, float]:
+def busy_seconds(
+    timings: list[dict[str, Any]], role: str, files: tuple[str, ...] | None = None
+) -> dict[str, float]:
     """Per host: the sum of the durations of the tasks of `role` that ran there (not the
-    time it spent waiting for other hosts between them)."""
+    time it spent waiting for other hosts between them); with `files`, only the tasks of
+    those task files of the role (e.g. "build.yml")."""
     busy: dict[str, float] = {}
     for line in timings:
         if line.get("role") != role or line.get("status") == "skipped" or not line.get("start"):
+            continue
+        if files is not None and str(line.get("file", "")).rsplit("/", 1)[-1] not in files:
             continue
         busy[line["host"]] = busy.get(line["host"], 0.0) + line["end"] - line["start"]
     return {host: round(seconds, 1) for host, seconds in sorted(busy.items())}
@@ -315,6 +326,8 @@ class Bench:
             },
             "engine_s": role_seconds(lines, "inference_engine"),
             "engine_busy_s": busy_seconds(lines, "inference_engine"),
+            "engine_build_s": busy_seconds(lines, "inference_engine", BUILD_FILES),
+            "engine_install_s": busy_seconds(lines, "inference_engine", INSTALL_FILES),
             "engine_built_on": sorted(builders(lines)),
             "mirror_bytes_served": served_bytes(access),
             "downloads": {
@@ -365,10 +378,10 @@ def summarize(
     mirror: dict[str, Any],
     noop_mitogen: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    engine = first["engine_busy_s"]
-    built = [engine[host] for host in sorted(first["engine_built_on"]) if host in engine]
+    built_on = first["engine_built_on"]
+    built = [first["engine_build_s"][host] for host in built_on if host in first["engine_build_s"]]
     installs = sorted(
-        value for host, value in engine.items() if host not in first["engine_built_on"]
+        value for host, value in first["engine_install_s"].items() if host not in built_on
     )
     builder_s = max(built, default=0.0)
     rate = mirror["bytes_per_s"]
@@ -505,6 +518,11 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 mirror = bench.mirror_throughput()
                 results.append(summarize(count, first, noop, mirror, noop_mitogen))
+                if args.json:  # each run's task timings beside the document, to look into
+                    kept = args.json.with_name(args.json.name + ".timings")
+                    kept.mkdir(exist_ok=True)
+                    for timings in work.glob("timings-*.jsonl"):
+                        shutil.copy(timings, kept / f"n{count}-{timings.name}")
             finally:
                 if not (args.keep and count == sizes[-1]):
                     bench.down()

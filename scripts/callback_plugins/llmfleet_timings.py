@@ -45,8 +45,11 @@ class CallbackModule(CallbackBase):
         start = self._started.pop((host, task._uuid), None)
         end = time.time()
         role = task._role.get_name() if task._role else None
-        line = {"host": host, "task": task.get_name(), "role": role, "action": task.action,
-                "status": status, "start": start, "end": end}  # fmt: skip
+        # the task's file, from its role's folder on: "inference_engine/tasks/build.yml"
+        path = (task.get_path() or "").rsplit(":", 1)[0]
+        where = "/".join(path.split("/")[-3:]) if role else path.rsplit("/", 1)[-1]
+        line = {"host": host, "task": task.get_name(), "role": role, "file": where,
+                "action": task.action, "status": status, "start": start, "end": end}  # fmt: skip
         with open(self._path, "a", encoding="utf-8") as stream:
             stream.write(json.dumps(line) + "\n")
 

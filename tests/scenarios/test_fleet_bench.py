@@ -63,6 +63,8 @@ def test_fleet_bench_at_two_hosts(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert all(counts["changed"] == 0 for counts in mitogen["tasks"].values()), mitogen["tasks"]
     # one host built the engine, the other installed the published build
     assert set(first["engine_s"]) == hosts and set(first["engine_busy_s"]) == hosts
+    assert set(first["engine_build_s"]) == set(first["engine_built_on"])
+    assert set(first["engine_install_s"]) == hosts - set(first["engine_built_on"])
     assert len(run["engine_install_s_others"]) == 1
     # the first rollout downloaded at least the model from the mirror; the no-op nothing big
     model_bytes = run["mirror_throughput"]["bytes"]

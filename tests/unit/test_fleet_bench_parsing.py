@@ -16,19 +16,33 @@ BUILD = "inference_engine : Build the server, the quantizer and the benchmarks (
 
 
 def line(
-    host: str, task: str, status: str, start: float, end: float, action: str = "command"
+    host: str,
+    task: str,
+    status: str,
+    start: float,
+    end: float,
+    action: str = "command",
+    file: str = "main.yml",
 ) -> dict[str, object]:
     role = task.split(" : ", 1)[0] if " : " in task else None
-    return {"host": host, "task": task, "role": role, "action": f"ansible.builtin.{action}",
-            "status": status, "start": start, "end": end}  # fmt: skip
+    return {"host": host, "task": task, "role": role, "file": f"{role}/tasks/{file}",
+            "action": f"ansible.builtin.{action}", "status": status, "start": start,
+            "end": end}  # fmt: skip
 
 
 TIMINGS = [
     line("fb-host1", "inference_engine : Look for nvcc", "ok", 100.0, 100.3),
-    line("fb-host1", BUILD, "changed", 110.0, 124.3),
-    line("fb-host1", "inference_engine : Put the build on the mirror", "changed", 130.0, 131.8),
+    line("fb-host1", BUILD, "changed", 110.0, 124.3, file="build.yml"),
+    line(
+        "fb-host1",
+        "inference_engine : Put the build on the mirror",
+        "changed",
+        130.0,
+        131.8,
+        file="publish.yml",
+    ),
     line("fb-host2", "inference_engine : Look for nvcc", "ok", 100.0, 100.2),
-    line("fb-host2", BUILD, "skipped", 0.0, 0.0),
+    line("fb-host2", BUILD, "skipped", 0.0, 0.0, file="build.yml"),
     line(
         "fb-host2",
         "inference_engine : Download the published build",
@@ -36,8 +50,16 @@ TIMINGS = [
         132.0,
         133.0,
         "get_url",
+        "install_published.yml",
     ),
-    line("fb-host2", "inference_engine : Unpack the published build", "changed", 133.0, 135.5),
+    line(
+        "fb-host2",
+        "inference_engine : Unpack the published build",
+        "changed",
+        133.0,
+        135.5,
+        file="install_published.yml",
+    ),
     line("fb-host1", "model_store : Download the model", "changed", 140.0, 149.0, "get_url"),
     line("fb-host2", "model_store : Download the model", "changed", 141.0, 150.0, "get_url"),
     line("fb-host1", "model_store : Download the tokenizer", "ok", 151.0, 152.0, "get_url"),
@@ -59,6 +81,9 @@ def test_a_roles_span_runs_from_its_first_start_to_its_last_end() -> None:
 def test_a_roles_busy_time_leaves_out_the_waits_between_its_tasks() -> None:
     # host 2 waited from 100.2 to 132.0 while host 1 compiled: not part of its install
     assert bench.busy_seconds(TIMINGS, "inference_engine") == {"fb-host1": 16.4, "fb-host2": 3.7}
+    # each side's own work: compile and publish, download and unpack (not the plan)
+    assert bench.busy_seconds(TIMINGS, "inference_engine", bench.BUILD_FILES) == {"fb-host1": 16.1}
+    assert bench.busy_seconds(TIMINGS, "inference_engine", bench.INSTALL_FILES) == {"fb-host2": 3.5}
 
 
 def test_a_download_phase_is_the_union_of_the_downloads_that_fetched() -> None:
@@ -93,15 +118,16 @@ def test_the_recap_and_the_served_bytes() -> None:
 
 def test_the_summary_splits_the_build_from_the_installs() -> None:
     first = {
-        "engine_busy_s": bench.busy_seconds(TIMINGS, "inference_engine"),
+        "engine_build_s": bench.busy_seconds(TIMINGS, "inference_engine", bench.BUILD_FILES),
+        "engine_install_s": bench.busy_seconds(TIMINGS, "inference_engine", bench.INSTALL_FILES),
         "engine_built_on": sorted(bench.builders(TIMINGS)),
         "mirror_bytes_served": 200,
         "downloads": {"artifacts": {"bytes": 150, "phase_s": 11.0}},
     }
     summary = bench.summarize(2, first, {"wall_s": 10.0}, {"bytes_per_s": 100.0})
-    assert summary["engine_build_s"] == 16.4
-    assert summary["engine_install_s_others"] == [3.7]
-    assert summary["engine_install_fraction"] == round(3.7 / 16.4, 3)
+    assert summary["engine_build_s"] == 16.1
+    assert summary["engine_install_s_others"] == [3.5]
+    assert summary["engine_install_fraction"] == round(3.5 / 16.1, 3)
     assert summary["download_at_mirror_limit_s"] == 2.0
     assert summary["downloads"]["artifacts"] == {
         "bytes": 150,
