@@ -2,9 +2,10 @@
 
 The binary comes from scripts/debian-tool.sh (apt-get download + dpkg-deb -x into the cache, never
 installed). The log fed to mtail is built from llama.cpp's
-own format strings, written here as they are in the source; when the llama-cpp-python sdist is
-in the cache (scripts/ci-bundle.sh puts it there), every one of them is checked against the
-vendored llama.cpp, so a reworded message upstream fails here rather than going uncounted.
+own format strings, written here as they are in the source; every one of them is checked against
+the llama.cpp vendored in the llama-cpp-python sdist of the CI bundle (taken from the bundle
+build's download cache, or fetched into it by name, version and sha256 on a new machine), so a
+reworded message upstream fails here rather than going uncounted.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROGRAM = REPO_ROOT / "roles" / "node_metrics" / "files" / "llmfleet-engine.mtail"
 CACHE = Path(os.environ.get("LLMFLEET_CACHE", "/var/cache/llmfleet"))
-SDIST = CACHE / "downloads" / "llama_cpp_python-0.3.36.tar.gz"
+SOURCE_ENTRY = "llama-cpp-source"  # bundles/ci.yml: the llama-cpp-python sdist
 VENDOR = "llama_cpp_python-0.3.36/vendor/llama.cpp/"
 
 PROMPT_BUCKETS = [16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072]
@@ -403,11 +404,37 @@ def test_out_of_memory_cascades(
     assert one_shot(mtail, progs, log)["llmfleet_engine_oom_errors_total"] == expected
 
 
-@pytest.mark.skipif(not SDIST.is_file(), reason=f"llama.cpp source not cached at {SDIST}")
-def test_format_strings_are_llama_cpps_own() -> None:
+@pytest.fixture(scope="module")
+def llama_cpp_sdist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The llama-cpp-python sdist of the CI bundle (bundles/ci.yml), where the bundle build
+    keeps its downloads (content-addressed, so the build later finds it there): fetched from
+    the package index by name, version and sha256 when a new machine has none yet."""
+    from llmfleet.bundle.fetch import Fetcher, HashCache, cached_download
+    from llmfleet.bundle.spec import load_spec
+
+    env = dict(os.environ)
+    if "LLMFLEET_DEBIAN_MIRROR" not in env:  # as scripts/ci-bundle.sh sets it
+        mirror = REPO_ROOT / "molecule" / "resources" / "debian-mirror.sh"
+        env["LLMFLEET_DEBIAN_MIRROR"] = subprocess.run(
+            [str(mirror)], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    spec = load_spec(REPO_ROOT / "bundles" / "ci.yml", env)
+    entry = next(entry for entry in spec.files if entry.name == SOURCE_ENTRY)
+    return cached_download(
+        Fetcher(),
+        entry.origin,
+        entry.sha256,
+        CACHE / "bundles" / "ci" / ".cache" / "downloads",
+        tmp_path_factory.mktemp("staging"),
+        entry.name,
+        HashCache(None),
+    )
+
+
+def test_format_strings_are_llama_cpps_own(llama_cpp_sdist: Path) -> None:
     wanted = {path for path, _ in FORMATS.values()}
     sources: dict[str, str] = {}
-    with tarfile.open(SDIST, "r:gz") as sdist:
+    with tarfile.open(llama_cpp_sdist, "r:gz") as sdist:
         for member in sdist:
             name = member.name.removeprefix(VENDOR)
             if name in wanted:
