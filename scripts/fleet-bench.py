@@ -96,12 +96,19 @@ def served_bytes(access_log: str, kind: str | None = None) -> int:
     )
 
 
+def ran(timings: list[dict[str, Any]], role: str) -> list[dict[str, Any]]:
+    """The lines of the tasks of `role` that ran (not skipped, with a start)."""
+    return [
+        line
+        for line in timings
+        if line.get("role") == role and line.get("status") != "skipped" and line.get("start")
+    ]
+
+
 def role_seconds(timings: list[dict[str, Any]], role: str) -> dict[str, float]:
     """Per host: from the first start to the last end of the tasks of `role` that ran."""
     spans: dict[str, list[float]] = {}
-    for line in timings:
-        if line.get("role") != role or line.get("status") == "skipped" or not line.get("start"):
-            continue
+    for line in ran(timings, role):
         span = spans.setdefault(line["host"], [line["start"], line["end"]])
         span[0] = min(span[0], line["start"])
         span[1] = max(span[1], line["end"])
@@ -115,9 +122,7 @@ def busy_seconds(
     time it spent waiting for other hosts between them); with `files`, only the tasks of
     those task files of the role (e.g. "build.yml")."""
     busy: dict[str, float] = {}
-    for line in timings:
-        if line.get("role") != role or line.get("status") == "skipped" or not line.get("start"):
-            continue
+    for line in ran(timings, role):
         if files is not None and str(line.get("file", "")).rsplit("/", 1)[-1] not in files:
             continue
         busy[line["host"]] = busy.get(line["host"], 0.0) + line["end"] - line["start"]
