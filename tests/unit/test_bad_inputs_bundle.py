@@ -111,16 +111,49 @@ SPEC_CASES = [
     ("name with a slash", {"name": "a/b"}, "files[0] (a/b): name:", "'a/b'"),
 ]  # fmt: skip
 
+IM = "images[0] (ee): "
+IMAGE_CASES = [
+    ("context and definition", {"context": "ctx"}, IM + "execution_environment:",
+     "give either context or execution_environment, not both"),
+    ("neither", {"execution_environment": None}, IM + "context:",
+     "or give execution_environment (an ansible-builder definition file)"),
+    ("definition missing", {"execution_environment": "ee/nope.yml"}, IM + "execution_environment:",
+     "must be an ansible-builder definition file relative to the spec, got 'ee/nope.yml'"),
+    ("definition not a string", {"execution_environment": ["ee.yml"]},
+     IM + "execution_environment:", "got ['ee.yml']"),
+    ("dockerfile with a definition", {"dockerfile": "Containerfile"}, IM + "dockerfile:",
+     "goes with context only"),
+]  # fmt: skip
+
+
+def spec_with_image(tmp_path: Path, **image_changes: Any) -> dict[str, Any]:
+    """A spec with one file and one image, its context written by ansible-builder from
+    ee/execution-environment.yml (and a context folder, ctx/, for a case to name both)."""
+    (tmp_path / "ctx").mkdir()
+    (tmp_path / "ctx" / "Dockerfile").write_text("FROM scratch\n")
+    (tmp_path / "ee").mkdir()
+    (tmp_path / "ee" / "execution-environment.yml").write_text("version: 3\n")
+    image = {
+        "name": "ee",
+        "tag": "llmfleet/ee:0.1.0",
+        "execution_environment": "ee/execution-environment.yml",
+        "files": ["source"],
+        "dest": "images/ee.tar",
+        **image_changes,
+    }
+    return {**spec_with(tmp_path), "images": [{k: v for k, v in image.items() if v is not None}]}
+
 
 @pytest.mark.parametrize(
-    ("changes", "field", "words"),
-    [case[1:] for case in SPEC_CASES],
-    ids=[case[0] for case in SPEC_CASES],
+    ("entry", "changes", "field", "words"),
+    [("file", *case[1:]) for case in SPEC_CASES] + [("image", *case[1:]) for case in IMAGE_CASES],
+    ids=[case[0] for case in SPEC_CASES] + [f"image: {case[0]}" for case in IMAGE_CASES],
 )
 def test_a_spec_error_names_the_field_and_builds_nothing(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    entry: str,
     changes: dict[str, Any],
     field: str,
     words: str,
@@ -128,7 +161,8 @@ def test_a_spec_error_names_the_field_and_builds_nothing(
     monkeypatch.setenv("LLMFLEET_TEST_FILES", str(tmp_path))
     monkeypatch.delenv("LLMFLEET_NOT_SET", raising=False)
     spec = tmp_path / "spec.yml"
-    spec.write_text(json.dumps(spec_with(tmp_path, **changes)))
+    make = spec_with if entry == "file" else spec_with_image
+    spec.write_text(json.dumps(make(tmp_path, **changes)))
     before = snapshot(tmp_path)
     assert main(["bundle", "build", str(spec), "--output", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err

@@ -1,7 +1,8 @@
 """The execution environment's definition, its build context, its pins and its bundle spec.
 
-The context under execution-environment/context is what `ansible-builder create` writes from
-the definition; the bundle builder builds it like any image. Its Python packages must be the
+The bundle builder has `ansible-builder create` write the build context from the definition at
+build time (nothing generated is committed), then builds it like any image. Its Python packages
+must be the
 ones CI runs (the interpreter running these tests, installed from pyproject.toml's pins), and
 every one of them must reach the build as a wheel of bundles/ci-ee.yml: the build asks no index.
 The molecule/ee scenario builds the image and runs the preflight stage in it.
@@ -15,9 +16,10 @@ import importlib.util
 import os
 import re
 import shlex
+import shutil
 import subprocess
-import sys
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 
@@ -25,6 +27,7 @@ import pytest
 import yaml
 from helpers import load_module_file
 
+from llmfleet.bundle.images import inputs_digest, write_context
 from llmfleet.bundle.spec import load_spec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -74,36 +77,65 @@ def spec():
     return load_spec(SPEC, {**os.environ, "LLMFLEET_DEBIAN_MIRROR": "http://deb.example"})
 
 
-def tree(folder: Path) -> dict[str, tuple[bytes, bool]]:
-    return {
-        path.relative_to(folder).as_posix(): (path.read_bytes(), os.access(path, os.X_OK))
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
+def test_the_ee_image_is_built_from_the_definition_not_a_committed_context() -> None:
+    [image] = spec().images
+    assert image.execution_environment == (EE / "execution-environment.yml").resolve()
+    assert image.context is None
+    assert not (EE / "context").exists(), "the context is written at build time, not committed"
+
+
+def test_ansible_builder_writes_the_context_the_build_reads(tmp_path: Path) -> None:
+    [image] = spec().images
+    context = tmp_path / "context-ee"
+    write_context(image, context)
+    dockerfile = (context / "Dockerfile").read_text()
+    assert 'EE_BASE_IMAGE="llmfleet/debian12-systemd:latest"' in dockerfile
+    # the definition's additional build files, each where the Dockerfile copies it from
+    copied = re.findall(r"^COPY (_build/\S+) ", dockerfile, re.M)
+    assert "_build/llmfleet/collections_from_wheel.py" in copied
+    for source in copied:
+        assert (context / source).exists(), f"the Dockerfile copies {source}, not in the context"
+    assert (context / "_build/llmfleet/collections_from_wheel.py").read_bytes() == (
+        EE / "files" / "collections_from_wheel.py"
+    ).read_bytes()
+    requirements = (context / "_build/requirements.txt").read_text()
+    assert requirements == (EE / "requirements.txt").read_text()
+
+
+def test_the_digest_follows_what_ansible_builder_writes(tmp_path: Path) -> None:
+    """A change to an input of the definition rebuilds the image; anything else does not."""
+    folder = tmp_path / "execution-environment"
+    shutil.copytree(EE, folder)
+    [image] = spec().images
+    image = replace(image, execution_environment=folder / "execution-environment.yml")
+    wheels = {name: "a" * 64 for name in image.files}
+
+    def digest() -> str:
+        write_context(image, tmp_path / "context")
+        return inputs_digest(image, wheels, tmp_path / "context")
+
+    first = digest()
+    assert digest() == first, "an unchanged definition must not rebuild the image"
+    (folder / "README.md").write_text("notes\n")
+    assert digest() == first, "a file ansible-builder does not read must not rebuild the image"
+    definition = folder / "execution-environment.yml"
+    original = definition.read_text()
+    definition.write_text(original + "# a comment: the same context\n")
+    assert digest() == first, "a comment in the definition must not rebuild the image"
+    definition.write_text(original)
+    changes = {
+        "execution-environment.yml": ("ENV LANG=C.UTF-8", "ENV LANG=C"),
+        "requirements.txt": ("passlib==", "passlib>="),
+        "bindep.txt": ("", "# another system package\n"),
+        "files/collections_from_wheel.py": ("", "# changed\n"),
     }
-
-
-def test_the_committed_context_is_what_ansible_builder_writes(tmp_path: Path) -> None:
-    builder = Path(sys.executable).parent / "ansible-builder"
-    if not builder.exists():
-        pytest.fail("ansible-builder is not installed: run scripts/dev.sh test (pyproject.toml)")
-    command = [
-        *(str(builder), "create", "--file", str(EE / "execution-environment.yml")),
-        *("--context", str(tmp_path / "context"), "--output-filename", "Dockerfile"),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    assert result.returncode == 0, result.stdout + result.stderr
-    written, committed = tree(tmp_path / "context"), tree(EE / "context")
-    regenerate = (
-        "rm -rf execution-environment/context && .venv/bin/ansible-builder create"
-        " --file execution-environment/execution-environment.yml"
-        " --context execution-environment/context --output-filename Dockerfile"
-    )
-    differ = sorted(
-        name
-        for name in written.keys() | committed.keys()
-        if written.get(name) != committed.get(name)
-    )
-    assert not differ, f"execution-environment/context is stale ({', '.join(differ)}): {regenerate}"
+    for name, (old, new) in changes.items():
+        original = (folder / name).read_text()
+        assert old in original
+        (folder / name).write_text(original.replace(old, new, 1) if old else original + new)
+        assert digest() != first, f"a change to {name} must rebuild the image"
+        (folder / name).write_text(original)
+        assert digest() == first
 
 
 def test_ansible_core_and_runner_are_pyprojects_pins() -> None:
@@ -134,7 +166,7 @@ def test_the_ees_collections_come_from_pyprojects_ansible_release() -> None:
 def test_the_bundle_carries_every_wheel_the_build_installs() -> None:
     loaded = spec()
     [image] = loaded.images
-    assert image.context == (EE / "context").resolve()
+    assert image.execution_environment == (EE / "execution-environment.yml").resolve()
     assert image.tag in definition()["options"]["tags"]
     files = {f.name: f for f in loaded.files}
     assert set(image.files) == set(files), "every file of the spec goes into the EE's context"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -45,24 +45,11 @@ class Artifact:
         return cls(name=name, kind=kind, path=path, sha256="", size=0, source=source, **extra)
 
     def with_checksum(self, sha256: str, size: int) -> Artifact:
-        return Artifact(**{**self.__dict__, "sha256": sha256, "size": size})
+        return replace(self, sha256=sha256, size=size)
 
     def to_dict(self) -> dict[str, Any]:
-        entry: dict[str, Any] = {
-            "name": self.name,
-            "kind": self.kind,
-            "path": self.path,
-            "sha256": self.sha256,
-            "size": self.size,
-            "source": self.source,
-        }
-        if self.member is not None:
-            entry["member"] = self.member
-            entry["archive_sha256"] = self.archive_sha256
-        if self.tag is not None:
-            entry["tag"] = self.tag
-            entry["inputs_sha256"] = self.inputs_sha256
-        return entry
+        """The manifest's entry: the fields in their order, the optional ones when set."""
+        return {key: value for key, value in asdict(self).items() if value is not None}
 
 
 @dataclass(frozen=True)
@@ -86,10 +73,7 @@ class AptSection:
             "path": f"apt/{self.name}",
             "packages": list(self.packages),
             "architecture": self.architecture,
-            "debs": [
-                {"package": d.package, "version": d.version, "path": d.path}
-                for d in sorted(self.debs, key=lambda d: d.path)
-            ],
+            "debs": [asdict(d) for d in sorted(self.debs, key=lambda d: d.path)],
         }
 
 

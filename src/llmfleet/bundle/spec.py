@@ -38,6 +38,9 @@ A spec is a YAML file::
         tag: llmfleet/llama-server:0.3.36-cpu   # the tag `docker load` restores on the host
         context: ../images/engine     # the build context, relative to the spec file
         dockerfile: Dockerfile        # optional, relative to the context (default Dockerfile)
+        # execution_environment: ../execution-environment/execution-environment.yml
+                                      # instead of context: an ansible-builder definition,
+                                      # relative to the spec; the build writes its context
         build_args: {GGML_CUDA: "OFF"}  # optional, ${VAR} expanded
         files: [llama-cpp-source]     # optional: these files of the bundle are copied into
                                       # the context under their own names
@@ -91,6 +94,11 @@ A set's resolution is kept in the build's cache (``<cache>/wheels/<key>.json``, 
 project's declared dependencies) and the pins of its constraints file: an unchanged set is not
 downloaded again; a changed set (a changed constraints file too), or a cache without it, is
 resolved afresh and its artifacts follow what pip resolves.
+
+An image's context is either a folder (``context``) or written at build time by ``ansible-builder
+create --file <execution_environment> --context <staging folder> --output-filename Dockerfile``
+(``ansible-builder`` beside the running Python, else on PATH), so a generated context is never
+committed. Either way the bundle's files are then copied in and the context is built.
 
 ``${VAR}`` in ``url``, ``uris``, ``signed_by.url`` and ``build_args`` is replaced from the
 environment, so a site's mirrors and vendor repositories are set where the bundle is built;
@@ -167,6 +175,13 @@ def _strings(item: Mapping[str, Any], *, nullable: bool = False) -> dict[str, An
     }
 
 
+def _string(pattern: str, message: str, missing: str | None = None) -> dict[str, Any]:
+    """A string that matches `pattern`: `message` when the value does not, `missing` when a
+    required one is absent."""
+    schema: dict[str, Any] = {"type": "string", "pattern": pattern, "message": message}
+    return schema if missing is None else {**schema, "missing": missing}
+
+
 TEXT = {
     "pattern": NON_EMPTY,
     "message": {
@@ -174,18 +189,11 @@ TEXT = {
         "pattern": "must be a non-empty string, got {value!r}",
     },
 }
-URL = {
-    "type": "string",
-    "pattern": NON_EMPTY,
-    "message": "is required (a URL)",
-    "missing": "is required (a URL)",
-}
-SHA256 = {
-    "type": "string",
-    "pattern": SHA256_RE,
-    "message": "must be 64 hex digits, got {value!r}",
-    "missing": "is required (the sha256 of the download)",
-}
+A_URL = "is required (a URL)"
+URL = _string(NON_EMPTY, A_URL, A_URL)
+SHA256 = _string(
+    SHA256_RE, "must be 64 hex digits, got {value!r}", "is required (the sha256 of the download)"
+)
 DEST = {
     "type": "string",
     "message": "must be a path under files/, models/ or images/, got {value!r}",
@@ -206,17 +214,11 @@ ARTIFACT_NAME = {
 KEY_CHOICE = "is required: {{path: keyring in the image}} or {{url: ..., fingerprint: ...}}"
 KEY_SOURCE = strict_mapping(
     {
-        "path": {
-            "type": "string",
-            "pattern": "^/",
-            "message": "must be an absolute path in the image, got {value!r}",
-        },
+        "path": _string("^/", "must be an absolute path in the image, got {value!r}"),
         "url": URL,
-        "fingerprint": {
-            "type": "string",
-            "pattern": FINGERPRINT_RE,
-            "message": "must be the key's full fingerprint (40 hex digits), got {value!r}",
-        },
+        "fingerprint": _string(
+            FINGERPRINT_RE, "must be the key's full fingerprint (40 hex digits), got {value!r}"
+        ),
     },
     message=KEY_CHOICE,
     missing=KEY_CHOICE,
@@ -231,25 +233,16 @@ APT_SOURCE = strict_mapping(
     required=("uris", "suites", "signed_by"),
     message="must be a mapping with uris, suites, components, signed_by",
 )
+APT_IMAGE = "is required (the image apt resolves in, e.g. debian:12)"
 APT_REPO = strict_mapping(
     {
-        "name": {
-            "type": "string",
-            "pattern": REPO_NAME_RE,
-            "message": "must be lowercase letters, digits, '.', '_', '-': {value!r}",
-            "missing": "is required (lowercase letters, digits, '.', '_', '-')",
-        },
-        "image": {
-            "type": "string",
-            "pattern": NON_EMPTY,
-            "message": "is required (the image apt resolves in, e.g. debian:12)",
-            "missing": "is required (the image apt resolves in, e.g. debian:12)",
-        },
-        "architecture": {
-            "type": "string",
-            "pattern": ARCH_RE,
-            "message": "must be a Debian architecture, got {value!r}",
-        },
+        "name": _string(
+            REPO_NAME_RE,
+            "must be lowercase letters, digits, '.', '_', '-': {value!r}",
+            "is required (lowercase letters, digits, '.', '_', '-')",
+        ),
+        "image": _string(NON_EMPTY, APT_IMAGE, APT_IMAGE),
+        "architecture": _string(ARCH_RE, "must be a Debian architecture, got {value!r}"),
         "install_recommends": BOOL,
         "essential": BOOL,
         "sources": {
@@ -274,16 +267,10 @@ APT_REPO = strict_mapping(
 )
 PYPI = strict_mapping(
     {
-        "name": {
-            "type": "string",
-            "pattern": PYPI_NAME_RE,
-            "message": "must be a project name on the package index, got {value!r}",
-        },
-        "version": {
-            "type": "string",
-            "pattern": PYPI_VERSION_RE,
-            "message": "must be one exact version, as a string (quote 1.0), got {value!r}",
-        },
+        "name": _string(PYPI_NAME_RE, "must be a project name on the package index, got {value!r}"),
+        "version": _string(
+            PYPI_VERSION_RE, "must be one exact version, as a string (quote 1.0), got {value!r}"
+        ),
         "kind": {"enum": list(PYPI_KINDS), "message": "must be sdist or wheel, got {value!r}"},
         "sha256": {**SHA256, "missing": "is required (the sha256 of the file pip downloads)"},
     },
@@ -306,6 +293,7 @@ FILE = strict_mapping(
     required=("name", "dest"),
     message="must be a mapping with name, url and sha256 (or pypi), dest",
 )
+EE_DEFINITION = "must be an ansible-builder definition file relative to the spec, got {value!r}"
 IMAGE = strict_mapping(
     {
         "name": ARTIFACT_NAME,
@@ -319,7 +307,11 @@ IMAGE = strict_mapping(
             "type": "string",
             "minLength": 1,
             "message": "must be a folder relative to the spec, got {value!r}",
-            "missing": "is required (a folder relative to the spec)",
+        },
+        "execution_environment": {
+            "type": "string",
+            "minLength": 1,
+            "message": EE_DEFINITION,
         },
         "dockerfile": {
             "type": "string",
@@ -342,24 +334,22 @@ IMAGE = strict_mapping(
         "files": _strings(TEXT, nullable=True),
         "dest": DEST,
     },
-    required=("name", "tag", "context", "dest"),
-    message="must be a mapping with name, tag, context, dest",
+    required=("name", "tag", "dest"),
+    message="must be a mapping with name, tag, context (or execution_environment), dest",
 )
 WHEEL_SET = strict_mapping(
     {
-        "name": {
-            "type": "string",
-            "pattern": NAME_RE,
-            "message": NAME_MESSAGE,
-            "missing": "is required (the set's folder under wheels/: letters, digits, . _ -)",
-        },
-        "python": {
-            "type": "string",
-            "pattern": PYTHON_RE,
-            "message": 'must be the hosts\' Python as a string, like "3.11" (quoted: YAML reads '
+        "name": _string(
+            NAME_RE,
+            NAME_MESSAGE,
+            "is required (the set's folder under wheels/: letters, digits, . _ -)",
+        ),
+        "python": _string(
+            PYTHON_RE,
+            'must be the hosts\' Python as a string, like "3.11" (quoted: YAML reads '
             "3.10 as 3.1), got {value!r}",
-            "missing": 'is required (the hosts\' Python as a string, like "3.11")',
-        },
+            'is required (the hosts\' Python as a string, like "3.11")',
+        ),
         "platform": {
             **_strings(
                 {
@@ -374,19 +364,13 @@ WHEEL_SET = strict_mapping(
         },
         "requirements": {
             "type": ["array", "null"],
-            "items": {
-                "type": "string",
-                "pattern": PIN_RE,
-                "message": "{value!r} must pin one exact version: name==version",
-            },
+            "items": _string(PIN_RE, "{value!r} must pin one exact version: name==version"),
             "message": "must be a list of exact pins (name==version), got {value!r}",
         },
         "project": BOOL,
-        "constraints": {
-            "type": "string",
-            "pattern": NON_EMPTY,
-            "message": "must be a pip constraints file relative to the spec, got {value!r}",
-        },
+        "constraints": _string(
+            NON_EMPTY, "must be a pip constraints file relative to the spec, got {value!r}"
+        ),
     },
     required=("name", "python", "platform"),
     message="must be a mapping with name, python, platform, requirements (and project, "
@@ -396,12 +380,11 @@ LIST = "must be a list, got {type}"
 #: The spec's shape; `parse_spec` adds the checks a schema cannot express.
 SCHEMA = strict_mapping(
     {
-        "name": {
-            "type": "string",
-            "pattern": NAME_RE,
-            "message": NAME_MESSAGE,
-            "missing": "is required (the bundle's name: letters, digits, '.', '_' or '-')",
-        },
+        "name": _string(
+            NAME_RE,
+            NAME_MESSAGE,
+            "is required (the bundle's name: letters, digits, '.', '_' or '-')",
+        ),
         "apt": {"type": ["array", "null"], "items": APT_REPO, "message": LIST},
         "files": {"type": ["array", "null"], "items": FILE, "message": LIST},
         "images": {"type": ["array", "null"], "items": IMAGE, "message": LIST},
@@ -513,11 +496,15 @@ class FileEntry:
 
 @dataclass(frozen=True)
 class ImageEntry:
+    """An image built from a committed `context` folder, or from the context ansible-builder
+    writes at build time from an `execution_environment` definition (exactly one is set)."""
+
     name: str
     tag: str
-    context: Path
     dockerfile: str
     dest: str
+    context: Path | None = None
+    execution_environment: Path | None = None
     #: (name, value as written, value expanded), sorted by name
     build_args: tuple[tuple[str, str, str], ...] = ()
     files: tuple[str, ...] = ()
@@ -783,7 +770,7 @@ def _key_issues(key: dict[str, Any], env: Mapping[str, str], where: Where) -> li
         return []
     issues = []
     if "url" not in key:
-        issues.append(Issue((*where, "url"), "is required (a URL)"))
+        issues.append(Issue((*where, "url"), A_URL))
     else:
         issues += _url_issue(key["url"], env, (*where, "url"), ("https", "http", "file"))
     if "fingerprint" not in key:
@@ -839,18 +826,7 @@ def _image_issues(
     where: Where,
     clean: Clean,
 ) -> list[Issue]:
-    issues: list[Issue] = []
-    context = entry.get("context")
-    folder = base / context if isinstance(context, str) and context else None
-    if clean(*where, "context") and (folder is None or not folder.is_dir()):
-        issues.append(
-            Issue((*where, "context"), f"must be a folder relative to the spec, got {context!r}")
-        )
-    dockerfile = entry.get("dockerfile", "Dockerfile")
-    if clean(*where, "dockerfile") and folder and not (folder / dockerfile).is_file():
-        issues.append(
-            Issue((*where, "dockerfile"), f"must be a file in the context, got {dockerfile!r}")
-        )
+    issues = _image_context(entry, base, where, clean)
     if clean(*where, "build_args"):
         for name, value in sorted((entry.get("build_args") or {}).items()):
             try:
@@ -863,6 +839,52 @@ def _image_issues(
     if clean(*where, "dest"):
         issues += _dest_issue(entry.get("dest"), (*where, "dest"), root="images")
     return issues
+
+
+def _image_context(entry: dict[str, Any], base: Path, where: Where, clean: Clean) -> list[Issue]:
+    """A committed `context` folder (with its `dockerfile`), or an `execution_environment`
+    definition that ansible-builder writes the context from: exactly one of them."""
+    if "execution_environment" in entry:
+        if "context" in entry:
+            return [
+                Issue(
+                    (*where, "execution_environment"),
+                    "give either context or execution_environment, not both",
+                )
+            ]
+        issues: list[Issue] = []
+        if "dockerfile" in entry:
+            issues.append(
+                Issue(
+                    (*where, "dockerfile"),
+                    "goes with context only: ansible-builder writes the Dockerfile of an "
+                    "execution_environment",
+                )
+            )
+        definition = entry["execution_environment"]
+        if clean(*where, "execution_environment") and not (base / definition).is_file():
+            issues.append(
+                Issue((*where, "execution_environment"), EE_DEFINITION.format(value=definition))
+            )
+        return issues
+    if "context" not in entry:
+        return [
+            Issue(
+                (*where, "context"),
+                "is required (a folder relative to the spec), or give execution_environment "
+                "(an ansible-builder definition file)",
+            )
+        ]
+    context = entry["context"]
+    folder = base / context if isinstance(context, str) and context else None
+    if clean(*where, "context") and (folder is None or not folder.is_dir()):
+        return [
+            Issue((*where, "context"), f"must be a folder relative to the spec, got {context!r}")
+        ]
+    dockerfile = entry.get("dockerfile", "Dockerfile")
+    if clean(*where, "dockerfile") and folder and not (folder / dockerfile).is_file():
+        return [Issue((*where, "dockerfile"), f"must be a file in the context, got {dockerfile!r}")]
+    return []
 
 
 def pin_name(pin: str) -> str:
@@ -1021,12 +1043,14 @@ def _file_entry(entry: dict[str, Any], env: Mapping[str, str]) -> FileEntry:
 
 def _image_entry(entry: dict[str, Any], env: Mapping[str, str], base: Path) -> ImageEntry:
     args = entry.get("build_args") or {}
+    context, definition = entry.get("context"), entry.get("execution_environment")
     return ImageEntry(
         name=entry["name"],
         tag=entry["tag"],
-        context=(base / entry["context"]).resolve(),
         dockerfile=entry.get("dockerfile", "Dockerfile"),
         dest=entry["dest"],
+        context=(base / context).resolve() if context else None,
+        execution_environment=(base / definition).resolve() if definition else None,
         build_args=tuple(
             (name, value, expand_vars(value, env)) for name, value in sorted(args.items())
         ),
