@@ -7,11 +7,22 @@ import json
 import os
 import re
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from llmfleet import __version__
+from llmfleet.cli_options import (
+    Option,
+    add_options,
+    basic_auth,
+    check_basic_auth_pair,
+    number,
+    switch,
+    value,
+)
 from llmfleet.fileio import read_secret, write_atomic
-from llmfleet.report_cli import add_report_arguments, run_report
+from llmfleet.report_cli import REPORT_OPTIONS, run_report
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -75,12 +86,12 @@ def cmd_bundle_verify(args: argparse.Namespace) -> int:
     if not bundle.is_dir():
         print(f"{bundle} is not a folder", file=sys.stderr)
         return 2
-    for flag, value, pattern in (
+    for flag, given, pattern in (
         ("--key-sha256", args.key_sha256, KEY_SHA256_RE),
         ("--fingerprint", args.fingerprint, FINGERPRINT_RE),
     ):
-        if value is not None and not pattern.fullmatch(value.strip()):
-            print(f"bundle verify: {flag} {value!r} is not {PIN_FORMS[flag]}", file=sys.stderr)
+        if given is not None and not pattern.fullmatch(given.strip()):
+            print(f"bundle verify: {flag} {given!r} is not {PIN_FORMS[flag]}", file=sys.stderr)
             return 2
     try:
         problems, summary = verify_bundle(
@@ -106,18 +117,35 @@ def _bench_api_key(args: argparse.Namespace) -> str | None:
     return os.environ.get("LLMFLEET_API_KEY", "").strip() or None
 
 
-def add_api_key_file_argument(parser: argparse.ArgumentParser) -> None:
-    """--api-key-file, read by _bench_api_key (bench and load alike)."""
-    parser.add_argument(
-        "--api-key-file",
-        metavar="PATH",
-        help="file holding the API key (default: $LLMFLEET_API_KEY; never printed)",
-    )
+#: --api-key-file, read by _bench_api_key (bench and load alike).
+API_KEY_FILE = value(
+    "--api-key-file",
+    "PATH",
+    "file holding the API key (default: $LLMFLEET_API_KEY; never printed)",
+)
+
+
+def json_option(what: str) -> Option:
+    """--json PATH, written by write_json; what: the document it holds, e.g. "the results"."""
+    return value("--json", "PATH", f"also write {what} as JSON to PATH")
 
 
 def write_json(path: Path, document: object) -> None:
     """--json: the document, indented, written atomically."""
     write_atomic(path, (json.dumps(document, indent=2) + "\n").encode())
+
+
+def print_and_write(text: str, document: object, json_path: str | None) -> None:
+    """The text form on standard output, then with --json PATH the document written to PATH."""
+    print(text)
+    if json_path:
+        write_json(Path(json_path), document)
+
+
+def fail(command: str, problem: object, code: int) -> int:
+    """Say what stopped `llmfleet COMMAND` on standard error; returns code, the exit status."""
+    print(f"llmfleet {command}: {problem}", file=sys.stderr)
+    return code
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -143,8 +171,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             )
         if args.max_in_flight is not None and not args.rate:
             raise ValueError("--max-in-flight applies to --rate levels only")
-        if bool(args.metrics_user) != bool(args.metrics_password_file):
-            raise ValueError("give --metrics-user and --metrics-password-file together")
+        check_basic_auth_pair(args, "metrics")
         metrics_auth = None
         if args.metrics_password_file:
             password = read_secret(Path(args.metrics_password_file), "metrics password")
@@ -176,8 +203,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             metrics_auth=metrics_auth,
         )
     except ValueError as exc:
-        print(f"llmfleet bench: {exc}", file=sys.stderr)
-        return 2
+        return fail("bench", exc, 2)
 
     def progress(line: str) -> None:
         if not args.quiet:
@@ -186,11 +212,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     try:
         document = run_benchmark(config, progress=progress)
     except BenchError as exc:
-        print(f"llmfleet bench: {exc}", file=sys.stderr)
-        return 1
-    print(format_report(document))
-    if args.json:
-        write_json(Path(args.json), document)
+        return fail("bench", exc, 1)
+    print_and_write(format_report(document), document, args.json)
     if baseline is not None:
         print()
         print(format_comparison(compare(baseline, document, args.baseline, args.json)))
@@ -226,213 +249,131 @@ def cmd_receiver(args: argparse.Namespace) -> int:
     try:
         return serve(config)
     except (OSError, ValueError) as exc:
-        print(f"llmfleet receiver: {exc}", file=sys.stderr)
-        return 1
+        return fail("receiver", exc, 1)
 
 
-def add_receiver_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from llmfleet import rollback_receiver
+#: The options of each subcommand, in the order of its --help (see `commands`).
+RECEIVER_OPTIONS = (
+    value("--config", "PATH", "the receiver's YAML configuration", required=True),
+    switch("--check", "only validate the configuration, then exit"),
+)
 
-    parser = commands.add_parser(
-        "receiver",
-        help="serve Alertmanager's webhook and roll back the host of each firing rollback alert",
-        description="Listen for Alertmanager webhook payloads on POST "
-        f"{rollback_receiver.WEBHOOK_PATH} (Authorization: Bearer, from token_file). For each "
-        "firing alert labelled action=rollback, run the rollback playbook with --limit set to "
-        "the alert's instance (its :port removed), one run at a time and at most once per host "
-        "per cooldown_seconds; an alert naming a pattern, a group or a host the inventory lacks "
-        "is answered 422 before anything is recorded. Connections, bodies and their time are "
-        "bounded (limits: in the configuration). GET /metrics exports the counters (Bearer: the "
-        "metrics_token_file's or the webhook's token), GET /health answers 200 to anyone.",
-    )
-    parser.add_argument(
-        "--config", required=True, metavar="PATH", help="the receiver's YAML configuration"
-    )
-    parser.add_argument(
-        "--check", action="store_true", help="only validate the configuration, then exit"
-    )
-    parser.set_defaults(func=cmd_receiver)
-
-
-def add_bundle_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    bundle = commands.add_parser(
-        "bundle", help="build or verify the offline bundle (apt repos, files, models, wheels)"
-    )
-    actions = bundle.add_subparsers(dest="bundle_command", required=True)
-    build = actions.add_parser(
-        "build",
-        help="gather a spec's packages, files and wheels into a signed bundle (incremental)",
-        description="Resolve apt closures in containers of the target images, download files "
-        "with their sha256, resolve wheel sets with pip (wheels only, for the hosts' Python) "
-        "with a requirements.lock of exact pins and hashes each, and write a signed, "
-        "checksummed bundle into DIR.",
-    )
-    build.add_argument("spec", help="the bundle spec (YAML), e.g. bundles/ci.yml")
-    build.add_argument("--output", "-o", required=True, metavar="DIR", help="the bundle folder")
-    build.add_argument(
+BUNDLE_BUILD_OPTIONS = (
+    value("spec", None, "the bundle spec (YAML), e.g. bundles/ci.yml"),
+    value(("--output", "-o"), "DIR", "the bundle folder", required=True),
+    value(
         "--cache",
-        metavar="DIR",
-        help="download cache (default: DIR/.cache); keep it to make rebuilds incremental",
-    )
-    build.add_argument(
+        "DIR",
+        "download cache (default: DIR/.cache); keep it to make rebuilds incremental",
+    ),
+    value(
         "--signing-home",
-        metavar="PATH",
-        help="GnuPG home of the bundle key, outside DIR (default: $LLMFLEET_SIGNING_HOME, "
+        "PATH",
+        "GnuPG home of the bundle key, outside DIR (default: $LLMFLEET_SIGNING_HOME, "
         "else ~/.local/share/llmfleet/signing)",
-    )
-    build.add_argument("--retries", type=int, default=3, help="attempts per download (default: 3)")
-    build.add_argument(
-        "--quiet", "-q", action="store_true", help="no progress or log, only the summary"
-    )
-    build.set_defaults(func=cmd_bundle_build)
-    verify = actions.add_parser(
-        "verify",
-        help="recompute every checksum and signature of a bundle",
-        description="Exit 0 with a one-line summary when the bundle is sound; otherwise list "
-        "each bad artifact (path, expected and actual sha256, missing, or bad signature).",
-    )
-    verify.add_argument("bundle", metavar="DIR", help="the bundle folder")
-    verify.add_argument(
+    ),
+    value("--retries", None, "attempts per download (default: 3)", type=int, default=3),
+    switch(("--quiet", "-q"), "no progress or log, only the summary"),
+)
+
+BUNDLE_VERIFY_OPTIONS = (
+    value("bundle", "DIR", "the bundle folder"),
+    value(
         "--fingerprint",
-        metavar="FPR",
-        help="also require the bundle key to be this one (its full fingerprint)",
-    )
-    verify.add_argument(
+        "FPR",
+        "also require the bundle key to be this one (its full fingerprint)",
+    ),
+    value(
         "--key-sha256",
-        metavar="HEX",
-        help="also require keys/llmfleet-bundle.gpg to have this sha256 (what inventories "
+        "HEX",
+        "also require keys/llmfleet-bundle.gpg to have this sha256 (what inventories "
         "pin as llmfleet_bundle_key_sha256); a mismatch names both checksums",
-    )
-    verify.set_defaults(func=cmd_bundle_verify)
+    ),
+)
 
 
-def add_number_arguments(
-    parser: argparse.ArgumentParser, *options: tuple[str, type[int] | type[float], float, str]
-) -> None:
-    """Options that take one number: (flag, int or float, default, help); the help shows the
-    default, and the metavar says the kind (N for a count, S for seconds)."""
-    for flag, kind, default, text in options:
-        parser.add_argument(
-            flag,
-            type=kind,
-            default=default,
-            metavar="N" if kind is int else "S",
-            help=f"{text} (default: %(default)g)",
-        )
+def bench_options() -> tuple[Option, ...]:
+    """bench's options: their defaults come from llmfleet.bench, read when the parser is built."""
+    from llmfleet import bench
 
-
-def add_bench_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from llmfleet import bench, bench_stats
-
-    parser = commands.add_parser(
-        "bench",
-        help="measure an OpenAI-compatible endpoint: TTFT, TPOT, ITL, latency, goodput",
-        description="Send a warm-up request, then --requests streaming chat completions per "
-        "level: at each --concurrency (closed loop) and each --rate (Poisson arrivals, open "
-        "loop). Every prompt is distinct and exactly --input-tokens long (by the server's "
-        "/tokenize); every answer is --output-tokens long (ignore_eos). Prints TTFT, TPOT, ITL "
-        "and end-to-end latency (mean, p50, p90, p99), throughput and goodput per level, and "
-        "checks the token counts against the server's /metrics counters. Percentiles use "
-        f"{bench_stats.PERCENTILE_METHOD}; {bench_stats.SAMPLE_RULE} (p99: 100). "
-        "Exit 1 when every request of a level failed.",
-    )
-    parser.add_argument(
-        "endpoint", metavar="ENDPOINT", help="the server, e.g. http://10.0.0.5:8080"
-    )
-    parser.add_argument(
-        "--concurrency",
-        metavar="N[,N...]",
-        help="closed-loop levels: requests always in flight, comma-separated (default: "
-        f"{','.join(str(n) for n in bench.DEFAULT_CONCURRENCY)} unless --rate is given)",
-    )
-    parser.add_argument(
-        "--rate",
-        metavar="R[,R...]",
-        help="open-loop levels: requests per second, sent at seeded Poisson times",
-    )
-    parser.add_argument(
-        "--max-in-flight",
-        type=int,
-        metavar="N",
-        help="at most N requests at once at a --rate level (default: no limit)",
-    )
-    add_number_arguments(
-        parser,
-        ("--requests", int, bench.DEFAULT_REQUESTS, "requests per level"),
-        ("--input-tokens", int, bench.DEFAULT_INPUT_TOKENS, "tokens of each prompt, exact"),
-    )
-    parser.add_argument(
-        "--output-tokens",
-        "--max-tokens",
-        dest="max_tokens",
-        type=int,
-        default=bench.DEFAULT_MAX_TOKENS,
-        metavar="N",
-        help="tokens of each answer: max_tokens with ignore_eos (default: %(default)g)",
-    )
-    add_number_arguments(
-        parser, ("--seed", int, bench.DEFAULT_SEED, "seed of the prompts and the arrival times")
-    )
-    parser.add_argument(
-        "--slo",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="a latency objective for goodput, repeatable: ttft, tpot or e2e, in ms or s "
-        "(e.g. --slo ttft=500ms --slo tpot=50ms)",
-    )
-    parser.add_argument(
-        "--metrics-url",
-        metavar="URL",
-        help="the engine's Prometheus metrics (default: ENDPOINT/metrics; through the front "
-        "door's metrics port: http://HOST:9180/engine/metrics)",
-    )
-    parser.add_argument(
-        "--metrics-user",
-        metavar="USER",
-        help="basic auth user for --metrics-url (the front door's metrics port asks for the "
-        "metrics user); without it the API key goes to a metrics URL on the endpoint's host",
-    )
-    parser.add_argument(
-        "--metrics-password-file", metavar="PATH", help="file holding --metrics-user's password"
-    )
-    parser.add_argument(
-        "--no-metrics", action="store_true", help="do not read or check the server's metrics"
-    )
-    parser.add_argument(
-        "--prompt-cache",
-        action="store_true",
-        help="let llama-server reuse cached prompt tokens (default: cache_prompt false, so a "
-        "run with the same --seed as an earlier one does not find its prompts cached)",
-    )
-    parser.add_argument("--prompt", help=argparse.SUPPRESS)  # gone: a message says why
-    parser.add_argument("--model", metavar="NAME", help="the request's model field (optional)")
-    add_api_key_file_argument(parser)
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
-    parser.add_argument(
-        "--baseline",
-        metavar="PATH",
-        help="an earlier result (--json) to compare this run with, level by level: the ratio "
-        "of output tokens/s and of TPOT (e.g. the same server without its draft model)",
-    )
-    add_number_arguments(
-        parser,
-        (
+    concurrency = ",".join(str(n) for n in bench.DEFAULT_CONCURRENCY)
+    return (
+        value("endpoint", "ENDPOINT", "the server, e.g. http://10.0.0.5:8080"),
+        value(
+            "--concurrency",
+            "N[,N...]",
+            "closed-loop levels: requests always in flight, comma-separated (default: "
+            f"{concurrency} unless --rate is given)",
+        ),
+        value(
+            "--rate",
+            "R[,R...]",
+            "open-loop levels: requests per second, sent at seeded Poisson times",
+        ),
+        value(
+            "--max-in-flight",
+            "N",
+            "at most N requests at once at a --rate level (default: no limit)",
+            type=int,
+        ),
+        number("--requests", int, bench.DEFAULT_REQUESTS, "requests per level"),
+        number("--input-tokens", int, bench.DEFAULT_INPUT_TOKENS, "tokens of each prompt, exact"),
+        number(
+            ("--output-tokens", "--max-tokens"),
+            int,
+            bench.DEFAULT_MAX_TOKENS,
+            "tokens of each answer: max_tokens with ignore_eos",
+            dest="max_tokens",
+        ),
+        number("--seed", int, bench.DEFAULT_SEED, "seed of the prompts and the arrival times"),
+        value(
+            "--slo",
+            "NAME=VALUE",
+            "a latency objective for goodput, repeatable: ttft, tpot or e2e, in ms or s "
+            "(e.g. --slo ttft=500ms --slo tpot=50ms)",
+            action="append",
+            default=[],
+        ),
+        *basic_auth(
+            "--metrics-url",
+            "metrics",
+            "the engine's Prometheus metrics (default: ENDPOINT/metrics; through the front "
+            "door's metrics port: http://HOST:9180/engine/metrics)",
+            "basic auth user for --metrics-url (the front door's metrics port asks for the "
+            "metrics user); without it the API key goes to a metrics URL on the endpoint's host",
+            "file holding --metrics-user's password",
+        ),
+        switch("--no-metrics", "do not read or check the server's metrics"),
+        switch(
+            "--prompt-cache",
+            "let llama-server reuse cached prompt tokens (default: cache_prompt false, so a "
+            "run with the same --seed as an earlier one does not find its prompts cached)",
+        ),
+        value("--prompt", None, argparse.SUPPRESS),  # gone: a message says why
+        value("--model", "NAME", "the request's model field (optional)"),
+        API_KEY_FILE,
+        json_option("the results"),
+        value(
+            "--baseline",
+            "PATH",
+            "an earlier result (--json) to compare this run with, level by level: the ratio "
+            "of output tokens/s and of TPOT (e.g. the same server without its draft model)",
+        ),
+        number(
             "--timeout",
             float,
             bench.DEFAULT_TIMEOUT_S,
             "seconds one request may take, stream included",
         ),
-        (
+        number(
             "--time-limit",
             float,
             bench.DEFAULT_TIME_LIMIT_S,
             "seconds after which a level starts no more requests",
         ),
+        switch("--no-warmup", "skip the warm-up request"),
+        switch(("--quiet", "-q"), "no progress on stderr"),
     )
-    parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up request")
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
-    parser.set_defaults(func=cmd_bench)
 
 
 def cmd_bench_compare(args: argparse.Namespace) -> int:
@@ -441,29 +382,17 @@ def cmd_bench_compare(args: argparse.Namespace) -> int:
     try:
         baseline, candidate = load_bench(Path(args.baseline)), load_bench(Path(args.candidate))
     except ValueError as exc:
-        print(f"llmfleet bench-compare: {exc}", file=sys.stderr)
-        return 2
+        return fail("bench-compare", exc, 2)
     document = compare(baseline, candidate, args.baseline, args.candidate)
-    print(format_comparison(document))
-    if args.json:
-        write_json(Path(args.json), document)
+    print_and_write(format_comparison(document), document, args.json)
     return 0
 
 
-def add_bench_compare_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = commands.add_parser(
-        "bench-compare",
-        help="two bench results side by side: the speedup of one server over another",
-        description="Match the levels of two `llmfleet bench --json` results by name and "
-        "print, per level, each side's output tokens/s and TPOT (p50) with their ratios, "
-        "candidate over baseline (tokens/s above 1 and TPOT below 1 are faster), and the "
-        "acceptance rate of speculative decoding where a side has a draft model. Settings of "
-        "the workload that differ are named first.",
-    )
-    parser.add_argument("baseline", metavar="BASELINE", help="the result compared against")
-    parser.add_argument("candidate", metavar="CANDIDATE", help="the result measured against it")
-    parser.add_argument("--json", metavar="PATH", help="also write the comparison as JSON to PATH")
-    parser.set_defaults(func=cmd_bench_compare)
+BENCH_COMPARE_OPTIONS = (
+    value("baseline", "BASELINE", "the result compared against"),
+    value("candidate", "CANDIDATE", "the result measured against it"),
+    json_option("the comparison"),
+)
 
 
 def cmd_load(args: argparse.Namespace) -> int:
@@ -482,60 +411,152 @@ def cmd_load(args: argparse.Namespace) -> int:
         )
         report = run_load(config)
     except ValueError as exc:
-        print(f"llmfleet load: {exc}", file=sys.stderr)
-        return 2
-    print(format_summary(report))
-    if args.json:
-        write_json(Path(args.json), report)
+        return fail("load", exc, 2)
+    print_and_write(format_summary(report), report, args.json)
     return 1 if report["failed"] else 0
 
 
-def add_load_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = commands.add_parser(
-        "load",
-        help="send steady completions across endpoints, as a balancer would, and count failures",
-        description="Each endpoint gets --concurrency workers; a worker sends a chat "
-        "completion whenever the endpoint's /health answers 200, and none while it does not. "
-        "Stops after --duration seconds, --max-requests requests, or when --stop-file exists. "
-        "Exit 1 when any request failed.",
+LOAD_OPTIONS = (
+    value("endpoints", "ENDPOINT", "e.g. http://10.0.0.5:8080", nargs="+"),
+    number("--concurrency", int, 1, "workers per endpoint", show_default=False),
+    number("--max-requests", int, 1000, "in all", show_default=False),
+    number("--duration", float, 600.0, "seconds at most", show_default=False),
+    number("--max-tokens", int, 8, "per request", show_default=False),
+    number("--timeout", float, 60.0, "per request", show_default=False),
+    value("--stop-file", "PATH", "stop once this file exists"),
+    API_KEY_FILE,
+    json_option("the report"),
+)
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its line in `llmfleet --help`, the description of its own --help, its
+    options, and what runs it, or the subcommands it has instead (one of them required)."""
+
+    name: str
+    help: str
+    description: str | None = None
+    options: tuple[Option, ...] = ()
+    run: Callable[[argparse.Namespace], int] | None = None
+    subcommands: tuple[Command, ...] = ()
+
+
+def commands() -> tuple[Command, ...]:
+    """Every subcommand of `llmfleet`, in the order its --help lists them."""
+    from llmfleet import bench_stats, rollback_receiver
+
+    return (
+        Command(
+            "report",
+            help="print the hardware report and tier of every host in the fact cache",
+            description="The table of every host in the fact cache: tier, GPUs, VRAM, memory "
+            "bandwidth, decode tokens/s, the active model; with the hardware evaluations, bench "
+            "results and, when given, Prometheus. --html writes it as one page that opens "
+            "offline, --json as data.",
+            options=REPORT_OPTIONS,
+            run=cmd_report,
+        ),
+        Command(
+            "bundle",
+            help="build or verify the offline bundle (apt repos, files, models, wheels)",
+            subcommands=(
+                Command(
+                    "build",
+                    help="gather a spec's packages, files and wheels into a signed bundle "
+                    "(incremental)",
+                    description="Resolve apt closures in containers of the target images, "
+                    "download files with their sha256, resolve wheel sets with pip (wheels "
+                    "only, for the hosts' Python) with a requirements.lock of exact pins and "
+                    "hashes each, and write a signed, checksummed bundle into DIR.",
+                    options=BUNDLE_BUILD_OPTIONS,
+                    run=cmd_bundle_build,
+                ),
+                Command(
+                    "verify",
+                    help="recompute every checksum and signature of a bundle",
+                    description="Exit 0 with a one-line summary when the bundle is sound; "
+                    "otherwise list each bad artifact (path, expected and actual sha256, "
+                    "missing, or bad signature).",
+                    options=BUNDLE_VERIFY_OPTIONS,
+                    run=cmd_bundle_verify,
+                ),
+            ),
+        ),
+        Command(
+            "bench",
+            help="measure an OpenAI-compatible endpoint: TTFT, TPOT, ITL, latency, goodput",
+            description="Send a warm-up request, then --requests streaming chat completions "
+            "per level: at each --concurrency (closed loop) and each --rate (Poisson arrivals, "
+            "open loop). Every prompt is distinct and exactly --input-tokens long (by the "
+            "server's /tokenize); every answer is --output-tokens long (ignore_eos). Prints "
+            "TTFT, TPOT, ITL and end-to-end latency (mean, p50, p90, p99), throughput and "
+            "goodput per level, and checks the token counts against the server's /metrics "
+            f"counters. Percentiles use {bench_stats.PERCENTILE_METHOD}; "
+            f"{bench_stats.SAMPLE_RULE} (p99: 100). Exit 1 when every request of a level failed.",
+            options=bench_options(),
+            run=cmd_bench,
+        ),
+        Command(
+            "bench-compare",
+            help="two bench results side by side: the speedup of one server over another",
+            description="Match the levels of two `llmfleet bench --json` results by name and "
+            "print, per level, each side's output tokens/s and TPOT (p50) with their ratios, "
+            "candidate over baseline (tokens/s above 1 and TPOT below 1 are faster), and the "
+            "acceptance rate of speculative decoding where a side has a draft model. Settings "
+            "of the workload that differ are named first.",
+            options=BENCH_COMPARE_OPTIONS,
+            run=cmd_bench_compare,
+        ),
+        Command(
+            "load",
+            help="send steady completions across endpoints, as a balancer would, and count "
+            "failures",
+            description="Each endpoint gets --concurrency workers; a worker sends a chat "
+            "completion whenever the endpoint's /health answers 200, and none while it does "
+            "not. Stops after --duration seconds, --max-requests requests, or when --stop-file "
+            "exists. Exit 1 when any request failed.",
+            options=LOAD_OPTIONS,
+            run=cmd_load,
+        ),
+        Command(
+            "receiver",
+            help="serve Alertmanager's webhook and roll back the host of each firing rollback "
+            "alert",
+            description="Listen for Alertmanager webhook payloads on POST "
+            f"{rollback_receiver.WEBHOOK_PATH} (Authorization: Bearer, from token_file). For "
+            "each firing alert labelled action=rollback, run the rollback playbook with --limit "
+            "set to the alert's instance (its :port removed), one run at a time and at most "
+            "once per host per cooldown_seconds; an alert naming a pattern, a group or a host "
+            "the inventory lacks is answered 422 before anything is recorded. Connections, "
+            "bodies and their time are bounded (limits: in the configuration). GET /metrics "
+            "exports the counters (Bearer: the metrics_token_file's or the webhook's token), "
+            "GET /health answers 200 to anyone.",
+            options=RECEIVER_OPTIONS,
+            run=cmd_receiver,
+        ),
     )
-    parser.add_argument(
-        "endpoints", nargs="+", metavar="ENDPOINT", help="e.g. http://10.0.0.5:8080"
-    )
-    parser.add_argument(
-        "--concurrency", type=int, default=1, metavar="N", help="workers per endpoint"
-    )
-    parser.add_argument("--max-requests", type=int, default=1000, metavar="N", help="in all")
-    parser.add_argument(
-        "--duration", type=float, default=600.0, metavar="S", help="seconds at most"
-    )
-    parser.add_argument("--max-tokens", type=int, default=8, metavar="N", help="per request")
-    parser.add_argument("--timeout", type=float, default=60.0, metavar="S", help="per request")
-    parser.add_argument("--stop-file", metavar="PATH", help="stop once this file exists")
-    add_api_key_file_argument(parser)
-    parser.add_argument("--json", metavar="PATH", help="also write the report as JSON to PATH")
-    parser.set_defaults(func=cmd_load)
+
+
+def add_commands(
+    parser: argparse.ArgumentParser, dest: str, subcommands: tuple[Command, ...]
+) -> None:
+    """The subcommands under parser, one of them required; its name goes to dest, and a
+    subcommand's own subcommands to "<its name>_command" (`llmfleet bundle`: bundle_command)."""
+    actions = parser.add_subparsers(dest=dest, required=True)
+    for command in subcommands:
+        sub = actions.add_parser(command.name, help=command.help, description=command.description)
+        add_options(sub, *command.options)
+        if command.subcommands:
+            add_commands(sub, f"{command.name}_command", command.subcommands)
+        if command.run is not None:
+            sub.set_defaults(func=command.run)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmfleet", description=__doc__)
     parser.add_argument("--version", action="version", version=f"llmfleet {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-    report = commands.add_parser(
-        "report",
-        help="print the hardware report and tier of every host in the fact cache",
-        description="The table of every host in the fact cache: tier, GPUs, VRAM, memory "
-        "bandwidth, decode tokens/s, the active model; with the hardware evaluations, bench "
-        "results and, when given, Prometheus. --html writes it as one page that opens "
-        "offline, --json as data.",
-    )
-    add_report_arguments(report)
-    report.set_defaults(func=cmd_report)
-    add_bundle_parser(commands)
-    add_bench_parser(commands)
-    add_bench_compare_parser(commands)
-    add_load_parser(commands)
-    add_receiver_parser(commands)
+    add_commands(parser, "command", commands())
     return parser
 
 

@@ -16,6 +16,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from llmfleet.cli_options import Option, basic_auth, check_basic_auth_pair, number, value
 from llmfleet.fileio import read_secret, write_atomic
 from llmfleet.report import SCHEMAS, format_report, load_documents, load_fact_cache
 from llmfleet.report_data import BENCH_SCHEMA, EVALUATION_SCHEMA, build_report
@@ -25,55 +26,33 @@ EVALUATION_SCHEMA_FILE = SCHEMAS / "hwevaluation-1.json"
 BENCH_SCHEMA_FILE = SCHEMAS / "bench-2.schema.json"
 
 
-def add_report_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--facts",
-        default=".cache/facts",
-        metavar="DIR",
-        help="the jsonfile fact cache (default: .cache/facts)",
-    )
-    parser.add_argument(
-        "--evaluations",
-        default=".cache/evaluation",
-        metavar="DIR",
-        help="hardware evaluations, <host>.json (default: .cache/evaluation)",
-    )
-    parser.add_argument(
-        "--bench",
-        default=".cache/bench",
-        metavar="DIR",
-        help="llmfleet bench --json results, <host>.json (default: .cache/bench)",
-    )
-    parser.add_argument(
+def _folder(flag: str, default: str, text: str) -> Option:
+    """A folder the report reads, and the one it reads without the option."""
+    return value(flag, "DIR", f"{text} (default: {default})", default=default)
+
+
+#: `llmfleet report`'s options, in the order of its --help.
+REPORT_OPTIONS = (
+    _folder("--facts", ".cache/facts", "the jsonfile fact cache"),
+    _folder("--evaluations", ".cache/evaluation", "hardware evaluations, <host>.json"),
+    _folder("--bench", ".cache/bench", "llmfleet bench --json results, <host>.json"),
+    *basic_auth(
         "--prometheus",
-        metavar="URL",
-        help="Prometheus' base URL (e.g. http://mon-01:9090): firing alerts, VRAM used and "
+        "prometheus",
+        "Prometheus' base URL (e.g. http://mon-01:9090): firing alerts, VRAM used and "
         "free, answering engines; read-only queries",
-    )
-    parser.add_argument(
-        "--prometheus-user", metavar="USER", help="Prometheus' basic auth user (the metrics user)"
-    )
-    parser.add_argument(
-        "--prometheus-password-file",
-        metavar="PATH",
-        help="file holding that user's password (never printed)",
-    )
-    parser.add_argument(
-        "--prometheus-timeout",
-        type=float,
-        default=DEFAULT_TIMEOUT_S,
-        metavar="S",
-        help="seconds each query may take (default: %(default)g)",
-    )
-    parser.add_argument(
-        "--html", metavar="FILE", help="also write the report as one self-contained page"
-    )
-    parser.add_argument(
+        "Prometheus' basic auth user (the metrics user)",
+        "file holding that user's password (never printed)",
+    ),
+    number("--prometheus-timeout", float, DEFAULT_TIMEOUT_S, "seconds each query may take"),
+    value("--html", "FILE", "also write the report as one self-contained page"),
+    value(
         "--json",
-        metavar="FILE",
-        help="also write the report's data as JSON to FILE ('-': to standard output, "
+        "FILE",
+        "also write the report's data as JSON to FILE ('-': to standard output, "
         "instead of the table)",
-    )
+    ),
+)
 
 
 def _prometheus_settings(args: argparse.Namespace) -> tuple[str | None, str | None, str | None]:
@@ -83,8 +62,7 @@ def _prometheus_settings(args: argparse.Namespace) -> tuple[str | None, str | No
             raise ValueError("--prometheus-user and --prometheus-password-file need --prometheus")
         return None, None, None
     url = check_url(args.prometheus)
-    if bool(args.prometheus_user) != bool(args.prometheus_password_file):
-        raise ValueError("give --prometheus-user and --prometheus-password-file together")
+    check_basic_auth_pair(args, "prometheus")
     if args.prometheus_timeout <= 0:
         raise ValueError(f"--prometheus-timeout must be more than 0, not {args.prometheus_timeout}")
     password = None

@@ -1,4 +1,4 @@
-"""The CLI's shared pieces: number options, --api-key-file, --json."""
+"""The CLI's shared pieces: the option rows, the subcommand table, --api-key-file, --json."""
 
 from __future__ import annotations
 
@@ -8,26 +8,77 @@ from pathlib import Path
 
 import pytest
 
-from llmfleet import bench, cli
+from llmfleet import bench, cli, cli_options
 
 
-def test_add_number_arguments_types_defaults_and_help() -> None:
+def test_number_options_types_defaults_and_help() -> None:
     parser = argparse.ArgumentParser()
-    cli.add_number_arguments(
+    cli_options.add_options(
         parser,
-        ("--requests", int, 20, "requests per level"),
-        ("--timeout", float, 120.0, "seconds"),
+        cli_options.number("--requests", int, 20, "requests per level"),
+        cli_options.number("--timeout", float, 120.0, "seconds"),
+        cli_options.number("--duration", float, 600.0, "seconds at most", show_default=False),
     )
-    assert vars(parser.parse_args([])) == {"requests": 20, "timeout": 120.0}
-    assert vars(parser.parse_args(["--requests", "3", "--timeout", "1.5"])) == {
-        "requests": 3,
-        "timeout": 1.5,
-    }
+    assert vars(parser.parse_args([])) == {"requests": 20, "timeout": 120.0, "duration": 600.0}
+    assert vars(parser.parse_args(["--requests", "3", "--timeout", "1.5"]))["requests"] == 3
+    assert parser.parse_args(["--timeout", "1.5"]).timeout == 1.5
     text = " ".join(parser.format_help().split())
     assert "--requests N requests per level (default: 20)" in text
     assert "--timeout S seconds (default: 120)" in text
+    assert "--duration S seconds at most" in text and "(default: 600)" not in text
     with pytest.raises(SystemExit):
         parser.parse_args(["--requests", "1.5"])
+
+
+def test_value_switch_and_basic_auth_rows() -> None:
+    parser = argparse.ArgumentParser()
+    cli_options.add_options(
+        parser,
+        cli_options.value("target", "URL", "where to"),
+        cli_options.value(("--output", "-o"), "DIR", "the folder", required=True),
+        cli_options.switch(("--quiet", "-q"), "say less"),
+        *cli_options.basic_auth(
+            "--metrics-url", "metrics", "the metrics", "the user", "the password file"
+        ),
+    )
+    args = parser.parse_args(["http://h.test", "-o", "out", "-q", "--metrics-user", "u"])
+    assert (args.target, args.output, args.quiet, args.metrics_url) == (
+        "http://h.test",
+        "out",
+        True,
+        None,
+    )
+    text = " ".join(parser.format_help().split())
+    for shown in (
+        "--metrics-url URL the metrics",
+        "--metrics-user USER the user",
+        "--metrics-password-file PATH the password file",
+        "--quiet, -q say less",
+    ):
+        assert shown in text
+    with pytest.raises(
+        ValueError, match="give --metrics-user and --metrics-password-file together"
+    ):
+        cli_options.check_basic_auth_pair(args, "metrics")
+    args.metrics_password_file = "/run/secret"
+    cli_options.check_basic_auth_pair(args, "metrics")
+
+
+def test_every_subcommand_runs_something_or_has_subcommands() -> None:
+    def check(commands: tuple[cli.Command, ...]) -> None:
+        for command in commands:
+            assert (command.run is None) == bool(command.subcommands), command.name
+            check(command.subcommands)
+
+    check(cli.commands())
+    assert cli.build_parser().parse_args(["bundle", "verify", "b"]).func is cli.cmd_bundle_verify
+
+
+def test_fail_says_which_command_and_returns_the_status(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli.fail("load", ValueError("no endpoint"), 2) == 2
+    assert capsys.readouterr().err == "llmfleet load: no endpoint\n"
 
 
 def test_bench_number_options() -> None:
