@@ -44,62 +44,99 @@ def refused(call: Any, *args: Any) -> str:
     return str(caught.value)
 
 
+def changed(field: str, *cases: tuple[Any, str]) -> list[Any]:
+    """A catalog rule with `field` changed to each bad value (None: left out), and the words
+    its refusal says after "rule 1 (gpu_utilization): <field> "."""
+    return [
+        pytest.param(
+            rule(**{field: value}),
+            f"rule 1 (gpu_utilization): {field} {words}",
+            id=f"{field} {'missing' if value is None else value}",
+        )
+        for value, words in cases
+    ]
+
+
+def own_exprs(*cases: tuple[str, Any, str]) -> list[Any]:
+    """A rule with each bad expr of its own, and the words its refusal says after
+    "rule 1 (custom_value): expr "."""
+    return [
+        pytest.param(own(expr), f"rule 1 (custom_value): expr {words}", id=f"expr {name}")
+        for name, expr, words in cases
+    ]
+
+
 RULES = [
-    ("threshold 150%", rule(threshold="150%"), "rule 1 (gpu_utilization): threshold '150%' "
-     "is above 100%"),
-    ("threshold 1e999%", rule(threshold="1e999%"), "threshold '1e999%' is not a finite number"),
-    ("threshold nan", rule(threshold="nan"), "threshold 'nan' is not a finite number"),
-    ("threshold unit", rule(threshold="90 parsecs"), "threshold '90 parsecs' has an unknown "
-     "unit 'parsecs'"),
-    ("threshold kind", rule(threshold="2s"), "threshold '2s' is a time, but gpu_utilization "
-     "takes a percentage"),
-    ("threshold a list", rule(threshold=[90]), "threshold [90] is not a value"),
-    ("threshold missing", rule(threshold=None), "rule 1 (gpu_utilization): threshold is "
-     "missing; gpu_utilization takes a percentage"),
-    ("duration 100000000w", rule(duration="100000000w"), "duration '100000000w' is longer than "
-     "10 years"),
-    ("duration without unit", rule(duration="5"), "duration '5' has no unit"),
-    ("duration words", rule(duration="soon"), "duration 'soon' does not parse"),
-    ("duration finer than ms", rule(duration="1.0001s"), "duration '1.0001s' is finer than a "
-     "millisecond"),
-    ("duration missing", rule(duration=None), "rule 1 (gpu_utilization): duration is missing"),
-    ("action", rule(action="reboot"), "action 'reboot' is unknown; allowed: notify"),
-    ("severity", rule(severity="fatal"), "severity 'fatal' is unknown; allowed: info, warning, "
-     "critical"),
-    ("enabled a string", rule(enabled="yes"), "enabled 'yes' is not true or false"),
-    ("unknown key", rule(treshold="90%"), "has unknown keys treshold; allowed: metric"),
-    ("unknown metric", rule(metric="gpu_temp"), "rule 1 (gpu_temp): metric gpu_temp is not in "
-     "the catalog"),
-    ("metric not a name", rule(metric="gpu util"), "metric 'gpu util' is missing or not a name"),
-    ("name not a name", rule(name="a b"), "name 'a b' is not a name"),
-    ("rule not a mapping", "gpu_utilization > 90%", "rule 1: is not a mapping with metric"),
-    ("summary not a string", rule(summary=["x"]), "summary ['x'] is not a string"),
-    ("expr unclosed", own("max by (instance) (DCGM_FI_DEV_GPU_TEMP"), "rule 1 (custom_value): "
-     "expr 'max by (instance) (DCGM_FI_DEV_GPU_TEMP' does not parse as PromQL: unclosed left "
-     "parenthesis"),
-    ("expr unknown function", own("nosuchfunc(up)"), "expr 'nosuchfunc(up)' does not parse as "
-     "PromQL: unknown function with name 'nosuchfunc'"),
-    ("expr wrong argument", own("rate(up)"), "expr 'rate(up)' does not parse as PromQL: "
-     "expected type matrix"),
-    ("expr dangling operator", own("up +"), "expr 'up +' does not parse as PromQL"),
-    ("expr bad regex", own('up{job=~"["}'), "does not parse as PromQL: illegal regex"),
-    ("expr range vector", own("up[5m]"), "expr 'up[5m]' is a range vector"),
-    ("expr subquery", own("up[5m:1m]"), "is a range vector (a subquery)"),
-    ("expr string", own('"up"'), "expr '\"up\"' is a string"),
-    ("expr too long", own("up + " * 500 + "up"), "expr is 2502 characters long; at most 2000"),
-    ("expr nested 10000 deep", own("(" * 10_000 + "up" + ")" * 10_000),
-     "expr is 20002 characters long"),
-    ("expr nested 40 deep", own("(" * 40 + "up" + ")" * 40), "expr nests brackets 40 deep; "
-     "at most 32"),
-    ("expr with a comparison", own("up > 0"), "expr holds the comparison >"),
-    ("expr empty", own("  "), "expr must be a PromQL expression (a string)"),
-    ("expr a number", own(5), "expr must be a PromQL expression (a string)"),
-]  # fmt: skip
+    *changed(
+        "threshold",
+        ("150%", "'150%' is above 100%"),
+        ("1e999%", "'1e999%' is not a finite number"),
+        ("nan", "'nan' is not a finite number"),
+        ("90 parsecs", "'90 parsecs' has an unknown unit 'parsecs'"),
+        ("2s", "'2s' is a time, but gpu_utilization takes a percentage"),
+        ([90], "[90] is not a value"),
+        (None, "is missing; gpu_utilization takes a percentage"),
+    ),
+    *changed(
+        "duration",
+        ("100000000w", "'100000000w' is longer than 10 years"),
+        ("5", "'5' has no unit"),
+        ("soon", "'soon' does not parse"),
+        ("1.0001s", "'1.0001s' is finer than a millisecond"),
+        (None, "is missing"),
+    ),
+    *changed("action", ("reboot", "'reboot' is unknown; allowed: notify")),
+    *changed("severity", ("fatal", "'fatal' is unknown; allowed: info, warning, critical")),
+    *changed("enabled", ("yes", "'yes' is not true or false")),
+    *changed("summary", (["x"], "['x'] is not a string")),
+    pytest.param(
+        rule(treshold="90%"),
+        "rule 1 (gpu_utilization): has unknown keys treshold; allowed: metric",
+        id="unknown key",
+    ),
+    pytest.param(
+        rule(metric="gpu_temp"),
+        "rule 1 (gpu_temp): metric gpu_temp is not in the catalog",
+        id="unknown metric",
+    ),
+    pytest.param(
+        rule(metric="gpu util"),
+        "rule 1 (gpu util): metric 'gpu util' is missing or not a name",
+        id="metric not a name",
+    ),
+    pytest.param(rule(name="a b"), "rule 1 (a b): name 'a b' is not a name", id="name not a name"),
+    pytest.param(
+        "gpu_utilization > 90%", "rule 1: is not a mapping with metric", id="rule not a mapping"
+    ),
+    *own_exprs(
+        (
+            "unclosed",
+            "max by (instance) (DCGM_FI_DEV_GPU_TEMP",
+            "'max by (instance) (DCGM_FI_DEV_GPU_TEMP' does not parse as PromQL: unclosed left "
+            "parenthesis",
+        ),
+        (
+            "unknown function",
+            "nosuchfunc(up)",
+            "'nosuchfunc(up)' does not parse as PromQL: unknown function with name 'nosuchfunc'",
+        ),
+        ("wrong argument", "rate(up)", "'rate(up)' does not parse as PromQL: expected type matrix"),
+        ("dangling operator", "up +", "'up +' does not parse as PromQL"),
+        ("bad regex", 'up{job=~"["}', "'up{job=~\"[\"}' does not parse as PromQL: illegal regex"),
+        ("range vector", "up[5m]", "'up[5m]' is a range vector"),
+        ("subquery", "up[5m:1m]", "'up[5m:1m]' is a range vector (a subquery)"),
+        ("string", '"up"', "'\"up\"' is a string"),
+        ("too long", "up + " * 500 + "up", "is 2502 characters long; at most 2000"),
+        ("nested 10000 deep", "(" * 10_000 + "up" + ")" * 10_000, "is 20002 characters long"),
+        ("nested 40 deep", "(" * 40 + "up" + ")" * 40, "nests brackets 40 deep; at most 32"),
+        ("with a comparison", "up > 0", "holds the comparison >"),
+        ("empty", "  ", "must be a PromQL expression (a string)"),
+        ("a number", 5, "must be a PromQL expression (a string)"),
+    ),
+]
 
 
-@pytest.mark.parametrize(
-    ("bad", "words"), [case[1:] for case in RULES], ids=[case[0] for case in RULES]
-)
+@pytest.mark.parametrize(("bad", "words"), RULES)
 def test_a_bad_rule_fails_at_render_time_naming_the_rule(bad: Any, words: str) -> None:
     message = refused(alerts.compile_alerts, [rule(name="fine"), bad], CATALOG)
     assert message.startswith("llmfleet_alert_rules has ")

@@ -19,6 +19,7 @@ import re
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -105,12 +106,8 @@ class FakeState:
     authorizations: dict[str, list[str | None]] = field(default_factory=dict)
     bodies: list[dict[str, Any]] = field(default_factory=list)
     tokenize_calls: int = 0
-    prompt_total: int = 0
-    cached_total: int = 0
-    predicted_total: int = 0
-    draft_total: int = 0
-    accepted_total: int = 0
-    drafts_total: int = 0
+    # the llamacpp: counters /metrics reports, by name (0 until a request moves them)
+    totals: Counter[str] = field(default_factory=Counter)
 
 
 def sse(payload: dict[str, Any] | str) -> bytes:
@@ -196,24 +193,27 @@ class FakeHandler(BaseHTTPRequestHandler):
         if state.metrics == "off":
             message = "This server does not support metrics endpoint."
             return self._json(501, {"error": {"code": 501, "message": message}})
+        names = ["prompt_tokens_total", "tokens_predicted_total"]
+        if state.metrics != "no_cached_counter":
+            names.append("prompt_tokens_cached_total")
+        if state.draft_counters:  # as llama-server's, 0 without a draft model
+            names += [
+                "spec_decode_num_draft_tokens_total",
+                "spec_decode_num_accepted_tokens_total",
+                "spec_decode_num_drafts_total",
+            ]
         with state.lock:
             text = [
                 "# HELP llamacpp:prompt_tokens_total Number of prompt tokens processed.",
                 "# TYPE llamacpp:prompt_tokens_total counter",
-                f"llamacpp:prompt_tokens_total {state.prompt_total}",
-                f"llamacpp:tokens_predicted_total {state.predicted_total}",
+                *(f"llamacpp:{name} {state.totals[name]}" for name in names),
                 f"llamacpp:requests_processing {state.in_flight}",
             ]
-            if state.metrics != "no_cached_counter":
-                text.append(f"llamacpp:prompt_tokens_cached_total {state.cached_total}")
-            if state.draft_counters:  # as llama-server's, 0 without a draft model
-                text += [
-                    f"llamacpp:spec_decode_num_draft_tokens_total {state.draft_total}",
-                    f"llamacpp:spec_decode_num_accepted_tokens_total {state.accepted_total}",
-                    f"llamacpp:spec_decode_num_drafts_total {state.drafts_total}",
+            if state.draft_counters:
+                text.append(
                     "llamacpp:spec_decode_num_accepted_tokens_per_pos_total"
-                    f'{{position="0"}} {state.drafts_total}',
-                ]
+                    f'{{position="0"}} {state.totals["spec_decode_num_drafts_total"]}'
+                )
         body = ("\n".join(text) + "\n").encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain; version=0.0.4")
@@ -288,12 +288,14 @@ class FakeHandler(BaseHTTPRequestHandler):
                     time.sleep(state.answer_delay)
                 self._chunk(sse(chunk(content=f"tok{index} ")))
         with state.lock:  # the counters move before the client sees the end, as llama-server's
-            state.prompt_total += prompt - cached
-            state.cached_total += cached
-            state.predicted_total += tokens + state.extra_predicted
-            state.draft_total += state.draft_n
-            state.accepted_total += state.draft_accepted
-            state.drafts_total += state.drafts
+            state.totals.update(
+                prompt_tokens_total=prompt - cached,
+                prompt_tokens_cached_total=cached,
+                tokens_predicted_total=tokens + state.extra_predicted,
+                spec_decode_num_draft_tokens_total=state.draft_n,
+                spec_decode_num_accepted_tokens_total=state.draft_accepted,
+                spec_decode_num_drafts_total=state.drafts,
+            )
         self._leave()
         self._chunk(sse(chunk(finish_reason="length")))
         last: dict[str, Any] = {"choices": []}

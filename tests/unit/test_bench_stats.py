@@ -10,67 +10,43 @@ import statistics
 
 import pytest
 
+from llmfleet import bench_stats as stats
 from llmfleet.bench_prompts import WORDS, PromptError, exact_prompt, word_text
-from llmfleet.bench_stats import (
-    ACCEPTED_COUNTER,
-    CACHED_COUNTER,
-    DRAFT_COUNTER,
-    DRAFTS_COUNTER,
-    OUTPUT_COUNTER,
-    PROMPT_COUNTER,
-    ClientTokens,
-    Objective,
-    acceptance_rate,
-    cross_check,
-    distribution,
-    goodput,
-    inter_token_latencies,
-    mean_accepted_length,
-    meets,
-    min_samples,
-    parse_metrics,
-    parse_objective,
-    parse_objectives,
-    percentile,
-    poisson_arrivals,
-    relative_difference,
-    tpot,
-)
 
 # -- percentiles and distributions ----------------------------------------------------------------
 
 
 def test_percentile_linear_interpolation() -> None:
     values = [10, 1, 9, 2, 8, 3, 7, 4, 6, 5]  # unsorted on purpose
-    assert percentile(values, 0) == 1
-    assert percentile(values, 100) == 10
-    assert percentile(values, 50) == pytest.approx(5.5)  # rank 4.5: 5 + 0.5 * (6 - 5)
-    assert percentile(values, 90) == pytest.approx(9.1)  # rank 8.1: 9 + 0.1 * (10 - 9)
-    assert percentile(values, 99) == pytest.approx(9.91)  # rank 8.91: 9 + 0.91 * (10 - 9)
-    assert percentile(values, 25) == pytest.approx(3.25)  # rank 2.25: 3 + 0.25 * (4 - 3)
-    assert percentile([4.2], 99) == 4.2
-    assert percentile([], 50) is None
+    assert stats.percentile(values, 0) == 1
+    assert stats.percentile(values, 100) == 10
+    assert stats.percentile(values, 50) == pytest.approx(5.5)  # rank 4.5: 5 + 0.5 * (6 - 5)
+    assert stats.percentile(values, 90) == pytest.approx(9.1)  # rank 8.1: 9 + 0.1 * (10 - 9)
+    assert stats.percentile(values, 99) == pytest.approx(9.91)  # rank 8.91: 9 + 0.91 * (10 - 9)
+    assert stats.percentile(values, 25) == pytest.approx(3.25)  # rank 2.25: 3 + 0.25 * (4 - 3)
+    assert stats.percentile([4.2], 99) == 4.2
+    assert stats.percentile([], 50) is None
     with pytest.raises(ValueError):
-        percentile(values, 101)
+        stats.percentile(values, 101)
 
 
 def test_percentile_matches_statistics_inclusive_method() -> None:
     sample = [random.Random(seed).expovariate(2) for seed in range(37)]
     cut_points = statistics.quantiles(sample, n=100, method="inclusive")
     for p in range(1, 100):
-        assert percentile(sample, p) == pytest.approx(cut_points[p - 1])
+        assert stats.percentile(sample, p) == pytest.approx(cut_points[p - 1])
 
 
 def test_how_many_samples_a_percentile_needs() -> None:
     # n >= ceil(100 / (100 - p)): at least one sample above the percentile on average
-    assert [min_samples(p) for p in (50, 90, 95, 99, 99.9)] == [2, 10, 20, 100, 1000]
+    assert [stats.min_samples(p) for p in (50, 90, 95, 99, 99.9)] == [2, 10, 20, 100, 1000]
     with pytest.raises(ValueError):
-        min_samples(100)
+        stats.min_samples(100)
 
 
 def test_distribution_by_hand() -> None:
     values = [0.1 * k for k in range(10, 0, -1)]  # 1.0 .. 0.1
-    figures = distribution(values)
+    figures = stats.distribution(values)
     assert figures["n"] == 10
     assert figures["mean"] == pytest.approx(0.55)
     assert (figures["min"], figures["max"]) == (pytest.approx(0.1), pytest.approx(1.0))
@@ -80,7 +56,7 @@ def test_distribution_by_hand() -> None:
 
 
 def test_distribution_reports_each_percentile_from_its_sample_count() -> None:
-    assert distribution([]) == {
+    assert stats.distribution([]) == {
         "n": 0,
         "mean": None,
         "min": None,
@@ -89,67 +65,67 @@ def test_distribution_reports_each_percentile_from_its_sample_count() -> None:
         "p90": None,
         "p99": None,
     }
-    one = distribution([0.25])
+    one = stats.distribution([0.25])
     assert (one["n"], one["mean"], one["p50"]) == (1, 0.25, None)
-    ninety_nine = distribution(float(k) for k in range(99))
+    ninety_nine = stats.distribution(float(k) for k in range(99))
     assert ninety_nine["p90"] == pytest.approx(88.2)  # rank 0.9 * 98 = 88.2
     assert ninety_nine["p99"] is None
-    hundred = distribution(float(k) for k in range(100))
+    hundred = stats.distribution(float(k) for k in range(100))
     assert hundred["p99"] == pytest.approx(98.01)  # rank 0.99 * 99 = 98.01
 
 
 def test_tpot_and_inter_token_latencies_by_hand() -> None:
     # 5 tokens: the first at 0.2 s, the stream ends at 1.0 s: (1.0 - 0.2) / (5 - 1) = 0.2
-    assert tpot(1.0, 0.2, 5) == pytest.approx(0.2)
-    assert tpot(1.0, 0.2, 2) == pytest.approx(0.8)
-    assert tpot(1.0, 0.2, 1) is None
-    assert tpot(1.0, 0.2, 0) is None
-    gaps = inter_token_latencies([0.2, 0.25, 0.4, 0.7])
+    assert stats.tpot(1.0, 0.2, 5) == pytest.approx(0.2)
+    assert stats.tpot(1.0, 0.2, 2) == pytest.approx(0.8)
+    assert stats.tpot(1.0, 0.2, 1) is None
+    assert stats.tpot(1.0, 0.2, 0) is None
+    gaps = stats.inter_token_latencies([0.2, 0.25, 0.4, 0.7])
     assert gaps == [pytest.approx(0.05), pytest.approx(0.15), pytest.approx(0.3)]
-    assert inter_token_latencies([0.2]) == []
+    assert stats.inter_token_latencies([0.2]) == []
 
 
 # -- arrivals --------------------------------------------------------------------------------------
 
 
 def test_poisson_arrivals_are_seeded_and_have_the_asked_rate() -> None:
-    times = poisson_arrivals(5.0, 20001, seed=7)
+    times = stats.poisson_arrivals(5.0, 20001, seed=7)
     assert times[0] == 0.0
     assert times == sorted(times)
-    assert times == poisson_arrivals(5.0, 20001, seed=7)
-    assert times != poisson_arrivals(5.0, 20001, seed=8)
-    gaps = inter_token_latencies(times)
+    assert times == stats.poisson_arrivals(5.0, 20001, seed=7)
+    assert times != stats.poisson_arrivals(5.0, 20001, seed=8)
+    gaps = stats.inter_token_latencies(times)
     # exponential gaps: mean 1 / rate, standard deviation equal to the mean
     assert statistics.fmean(gaps) == pytest.approx(0.2, rel=0.03)
     assert statistics.pstdev(gaps) / statistics.fmean(gaps) == pytest.approx(1.0, rel=0.05)
     # over many seeds, the rate measured over 200 requests centres on the asked rate
-    rates = [199 / poisson_arrivals(2.0, 200, seed=s)[-1] for s in range(200)]
+    rates = [199 / stats.poisson_arrivals(2.0, 200, seed=s)[-1] for s in range(200)]
     assert statistics.fmean(rates) == pytest.approx(2.0, rel=0.05)
     with pytest.raises(ValueError):
-        poisson_arrivals(0, 3, seed=1)
+        stats.poisson_arrivals(0, 3, seed=1)
 
 
 # -- objectives and goodput ------------------------------------------------------------------------
 
 
 def test_parse_objectives() -> None:
-    assert parse_objective("ttft=500ms") == Objective("ttft", 0.5)
-    assert parse_objective("tpot=50") == Objective("tpot", 0.05)  # a bare number: ms
-    assert parse_objective("E2E = 2.5s") == Objective("e2e", 2.5)
-    assert parse_objective("e2el=1500ms") == Objective("e2e", 1.5)
-    assert parse_objectives(["ttft=1s", "tpot=20ms"]) == (
-        Objective("ttft", 1.0),
-        Objective("tpot", 0.02),
+    assert stats.parse_objective("ttft=500ms") == stats.Objective("ttft", 0.5)
+    assert stats.parse_objective("tpot=50") == stats.Objective("tpot", 0.05)  # a bare number: ms
+    assert stats.parse_objective("E2E = 2.5s") == stats.Objective("e2e", 2.5)
+    assert stats.parse_objective("e2el=1500ms") == stats.Objective("e2e", 1.5)
+    assert stats.parse_objectives(["ttft=1s", "tpot=20ms"]) == (
+        stats.Objective("ttft", 1.0),
+        stats.Objective("tpot", 0.02),
     )
     for bad in ("ttft", "itl=5ms", "ttft=fast", "ttft=5min", "ttft=0ms", "=5ms"):
         with pytest.raises(ValueError, match=r"NAME=VALUE|more than 0"):
-            parse_objective(bad)
+            stats.parse_objective(bad)
     with pytest.raises(ValueError, match="twice for ttft"):
-        parse_objectives(["ttft=1s", "ttft=2s"])
+        stats.parse_objectives(["ttft=1s", "ttft=2s"])
 
 
 def test_goodput_by_hand() -> None:
-    objectives = (Objective("ttft", 0.5), Objective("tpot", 0.05))
+    objectives = (stats.Objective("ttft", 0.5), stats.Objective("tpot", 0.05))
     requests = [
         {"ttft": 0.4, "tpot": 0.04, "e2e": 3.0},  # good
         {"ttft": 0.5, "tpot": 0.05, "e2e": 3.0},  # good: the limits are inclusive
@@ -158,7 +134,7 @@ def test_goodput_by_hand() -> None:
         {"ttft": 0.1, "tpot": None, "e2e": 0.1},  # one token: no TPOT to hold: good
         None,  # failed: never good
     ]
-    result = goodput(requests, objectives, wall_s=2.0)
+    result = stats.goodput(requests, objectives, wall_s=2.0)
     assert result == {
         "objectives": {"ttft": 0.5, "tpot": 0.05},
         "good": 3,
@@ -166,9 +142,9 @@ def test_goodput_by_hand() -> None:
         "fraction": 0.5,
         "requests_per_s": 1.5,  # 3 good / 2 s
     }
-    assert meets({"ttft": 0.1, "e2e": 9.0}, [Objective("e2e", 10.0)])
-    assert not meets({"ttft": 0.1, "e2e": 11.0}, [Objective("e2e", 10.0)])
-    assert goodput([], objectives, wall_s=0)["fraction"] is None
+    assert stats.meets({"ttft": 0.1, "e2e": 9.0}, [stats.Objective("e2e", 10.0)])
+    assert not stats.meets({"ttft": 0.1, "e2e": 11.0}, [stats.Objective("e2e", 10.0)])
+    assert stats.goodput([], objectives, wall_s=0)["fraction"] is None
 
 
 # -- the server's counters -------------------------------------------------------------------------
@@ -186,32 +162,32 @@ not a sample line
 
 
 def test_parse_metrics() -> None:
-    samples = parse_metrics(METRICS_TEXT)
-    assert samples[PROMPT_COUNTER] == 1200
-    assert samples[CACHED_COUNTER] == 300
-    assert samples[OUTPUT_COUNTER] == 640
+    samples = stats.parse_metrics(METRICS_TEXT)
+    assert samples[stats.PROMPT_COUNTER] == 1200
+    assert samples[stats.CACHED_COUNTER] == 300
+    assert samples[stats.OUTPUT_COUNTER] == 640
     assert samples["llamacpp:requests_processing"] == 3  # label sets summed
 
 
 def test_relative_difference() -> None:
-    assert relative_difference(101, 100) == pytest.approx(0.01)
-    assert relative_difference(90, 100) == pytest.approx(-0.1)
-    assert relative_difference(0, 0) == 0.0
-    assert relative_difference(5, 0) is None
+    assert stats.relative_difference(101, 100) == pytest.approx(0.01)
+    assert stats.relative_difference(90, 100) == pytest.approx(-0.1)
+    assert stats.relative_difference(0, 0) == 0.0
+    assert stats.relative_difference(5, 0) is None
 
 
 def counters(prompt: float, cached: float | None, output: float) -> dict[str, float]:
-    samples = {PROMPT_COUNTER: prompt, OUTPUT_COUNTER: output}
+    samples = {stats.PROMPT_COUNTER: prompt, stats.OUTPUT_COUNTER: output}
     if cached is not None:
-        samples[CACHED_COUNTER] = cached
+        samples[stats.CACHED_COUNTER] = cached
     return samples
 
 
 def test_cross_check_matches_with_cached_tokens() -> None:
     before = counters(1000, 100, 500)
     after = counters(1000 + 900, 100 + 100, 500 + 400)
-    client = ClientTokens(prompt=1000, prompt_cached=100, prompt_processed=900, output=400)
-    check = cross_check(client, before, after)
+    client = stats.ClientTokens(prompt=1000, prompt_cached=100, prompt_processed=900, output=400)
+    check = stats.cross_check(client, before, after)
     assert check["prompt_tokens"] == {
         "client": 1000,
         "server": 1000,  # processed 900 + cached 100
@@ -224,44 +200,54 @@ def test_cross_check_matches_with_cached_tokens() -> None:
 
 
 def test_cross_check_flags_a_difference_over_one_percent() -> None:
-    client = ClientTokens(prompt=1000, prompt_cached=0, prompt_processed=1000, output=400)
+    client = stats.ClientTokens(prompt=1000, prompt_cached=0, prompt_processed=1000, output=400)
     after = counters(1000, 0, 410)  # the server generated 10 tokens more: 400 - 410 = -2.44 %
-    check = cross_check(client, counters(0, 0, 0), after)
+    check = stats.cross_check(client, counters(0, 0, 0), after)
     assert check["output_tokens"]["relative_difference"] == pytest.approx(-10 / 410, abs=1e-6)
     assert check["output_tokens"]["flagged"] is True
     assert check["prompt_tokens"]["flagged"] is False
     assert check["flagged"] is True
-    within = cross_check(client, counters(0, 0, 0), counters(1000, 0, 404))  # -0.99 %
+    within = stats.cross_check(client, counters(0, 0, 0), counters(1000, 0, 404))  # -0.99 %
     assert within["flagged"] is False
 
 
 def test_cross_check_without_the_cached_counter_compares_processed_tokens() -> None:
-    client = ClientTokens(prompt=1000, prompt_cached=90, prompt_processed=910, output=400)
-    check = cross_check(client, counters(0, None, 0), counters(910, None, 400))
+    client = stats.ClientTokens(prompt=1000, prompt_cached=90, prompt_processed=910, output=400)
+    check = stats.cross_check(client, counters(0, None, 0), counters(910, None, 400))
     assert check["prompt_tokens"]["basis"] == "processed"
     assert (check["prompt_tokens"]["client"], check["prompt_tokens"]["server"]) == (910, 910)
     assert check["flagged"] is False
 
 
 def test_cross_check_names_missing_and_reset_counters() -> None:
-    client = ClientTokens(prompt=10, prompt_cached=0, prompt_processed=10, output=4)
-    missing = cross_check(client, {}, {})
+    client = stats.ClientTokens(prompt=10, prompt_cached=0, prompt_processed=10, output=4)
+    missing = stats.cross_check(client, {}, {})
     assert missing["prompt_tokens"] is None and missing["output_tokens"] is None
     assert missing["flagged"] is True
     assert any("does not export llamacpp:tokens_predicted_total" in p for p in missing["problems"])
-    restarted = cross_check(client, counters(500, 0, 500), counters(10, 0, 4))
+    restarted = stats.cross_check(client, counters(500, 0, 500), counters(10, 0, 4))
     assert any("restarted" in problem for problem in restarted["problems"])
 
 
 def test_cross_check_compares_draft_tokens_and_counts_drafts() -> None:
     # 3 requests drafted 40, 35 and 45 tokens (120); the model kept 30, 30 and 36 (96); the
     # server checked 24 drafts. Its counters moved by the same, but one accepted token more.
-    client = ClientTokens(
+    client = stats.ClientTokens(
         prompt=60, prompt_cached=0, prompt_processed=60, output=96, draft=120, draft_accepted=96
     )
-    before = {**counters(0, 0, 0), DRAFT_COUNTER: 500, ACCEPTED_COUNTER: 400, DRAFTS_COUNTER: 90}
-    after = {**counters(60, 0, 96), DRAFT_COUNTER: 620, ACCEPTED_COUNTER: 497, DRAFTS_COUNTER: 114}
-    check = cross_check(client, before, after)
+    before = {
+        **counters(0, 0, 0),
+        stats.DRAFT_COUNTER: 500,
+        stats.ACCEPTED_COUNTER: 400,
+        stats.DRAFTS_COUNTER: 90,
+    }
+    after = {
+        **counters(60, 0, 96),
+        stats.DRAFT_COUNTER: 620,
+        stats.ACCEPTED_COUNTER: 497,
+        stats.DRAFTS_COUNTER: 114,
+    }
+    check = stats.cross_check(client, before, after)
     assert check["draft_tokens"] == {
         "client": 120,
         "server": 120,
@@ -279,8 +265,8 @@ def test_cross_check_compares_draft_tokens_and_counts_drafts() -> None:
 
 
 def test_cross_check_without_draft_counters_says_nothing_of_drafts() -> None:
-    client = ClientTokens(prompt=10, prompt_cached=0, prompt_processed=10, output=4)
-    check = cross_check(client, counters(0, 0, 0), counters(10, 0, 4))
+    client = stats.ClientTokens(prompt=10, prompt_cached=0, prompt_processed=10, output=4)
+    check = stats.cross_check(client, counters(0, 0, 0), counters(10, 0, 4))
     assert (check["draft_tokens"], check["accepted_draft_tokens"], check["drafts"]) == (
         None,
         None,
@@ -288,25 +274,27 @@ def test_cross_check_without_draft_counters_says_nothing_of_drafts() -> None:
     )
     assert check["flagged"] is False and check["problems"] == []
     # exported but still (a server without a draft model): compared, 0 against 0
-    idle = {DRAFT_COUNTER: 0, ACCEPTED_COUNTER: 0, DRAFTS_COUNTER: 0}
-    check = cross_check(client, {**counters(0, 0, 0), **idle}, {**counters(10, 0, 4), **idle})
+    idle = {stats.DRAFT_COUNTER: 0, stats.ACCEPTED_COUNTER: 0, stats.DRAFTS_COUNTER: 0}
+    check = stats.cross_check(client, {**counters(0, 0, 0), **idle}, {**counters(10, 0, 4), **idle})
     assert check["draft_tokens"]["relative_difference"] == 0.0 and check["drafts"] == 0
     assert check["flagged"] is False
-    restarted = cross_check(
-        client, {**counters(0, 0, 0), **idle, DRAFT_COUNTER: 50}, {**counters(10, 0, 4), **idle}
+    restarted = stats.cross_check(
+        client,
+        {**counters(0, 0, 0), **idle, stats.DRAFT_COUNTER: 50},
+        {**counters(10, 0, 4), **idle},
     )
     assert restarted["draft_tokens"] is None
-    assert any(f"{DRAFT_COUNTER} went down" in problem for problem in restarted["problems"])
+    assert any(f"{stats.DRAFT_COUNTER} went down" in problem for problem in restarted["problems"])
 
 
 def test_acceptance_rate_and_mean_accepted_length() -> None:
-    assert acceptance_rate(120, 96) == 0.8
-    assert acceptance_rate(3, 2) == 0.6667  # rounded to 4 places
-    assert acceptance_rate(0, 0) is None and acceptance_rate(None, 5) is None
+    assert stats.acceptance_rate(120, 96) == 0.8
+    assert stats.acceptance_rate(3, 2) == 0.6667  # rounded to 4 places
+    assert stats.acceptance_rate(0, 0) is None and stats.acceptance_rate(None, 5) is None
     # 96 accepted over 24 drafts: each check of a draft gave 4 accepted + the model's own token
-    assert mean_accepted_length(96, 24) == 5.0
-    assert mean_accepted_length(7, 3) == 3.3333
-    assert mean_accepted_length(5, 0) is None and mean_accepted_length(None, 3) is None
+    assert stats.mean_accepted_length(96, 24) == 5.0
+    assert stats.mean_accepted_length(7, 3) == 3.3333
+    assert stats.mean_accepted_length(5, 0) is None and stats.mean_accepted_length(None, 3) is None
 
 
 # -- prompts ---------------------------------------------------------------------------------------

@@ -15,16 +15,23 @@ bench = load_module_file(
 BUILD = "inference_engine : Build the server, the quantizer and the benchmarks (no network; ccache)"
 
 
-def line(
-    host: str,
-    task: str,
-    status: str,
-    start: float,
-    end: float,
-    action: str = "command",
-    file: str = "main.yml",
-) -> dict[str, object]:
-    role = task.split(" : ", 1)[0] if " : " in task else None
+#: Each task's file in its role and its module, as the roles have them (the same on every host).
+TASKS = {
+    "inference_engine : Look for nvcc": ("main.yml", "command"),
+    BUILD: ("build.yml", "command"),
+    "inference_engine : Put the build on the mirror": ("publish.yml", "command"),
+    "inference_engine : Download the published build": ("install_published.yml", "get_url"),
+    "inference_engine : Unpack the published build": ("install_published.yml", "command"),
+    "model_store : Download the model": ("main.yml", "get_url"),
+    "model_store : Download the tokenizer": ("main.yml", "get_url"),
+    "node_metrics : Install the exporter": ("main.yml", "apt"),
+}
+
+
+def line(host: str, task: str, status: str, start: float, end: float) -> dict[str, object]:
+    """A line of the timings callback for one task on one host."""
+    role = task.split(" : ", 1)[0]
+    file, action = TASKS[task]
     return {"host": host, "task": task, "role": role, "file": f"{role}/tasks/{file}",
             "action": f"ansible.builtin.{action}", "status": status, "start": start,
             "end": end}  # fmt: skip
@@ -32,38 +39,16 @@ def line(
 
 TIMINGS = [
     line("fb-host1", "inference_engine : Look for nvcc", "ok", 100.0, 100.3),
-    line("fb-host1", BUILD, "changed", 110.0, 124.3, file="build.yml"),
-    line(
-        "fb-host1",
-        "inference_engine : Put the build on the mirror",
-        "changed",
-        130.0,
-        131.8,
-        file="publish.yml",
-    ),
+    line("fb-host1", BUILD, "changed", 110.0, 124.3),
+    line("fb-host1", "inference_engine : Put the build on the mirror", "changed", 130.0, 131.8),
     line("fb-host2", "inference_engine : Look for nvcc", "ok", 100.0, 100.2),
-    line("fb-host2", BUILD, "skipped", 0.0, 0.0, file="build.yml"),
-    line(
-        "fb-host2",
-        "inference_engine : Download the published build",
-        "changed",
-        132.0,
-        133.0,
-        "get_url",
-        "install_published.yml",
-    ),
-    line(
-        "fb-host2",
-        "inference_engine : Unpack the published build",
-        "changed",
-        133.0,
-        135.5,
-        file="install_published.yml",
-    ),
-    line("fb-host1", "model_store : Download the model", "changed", 140.0, 149.0, "get_url"),
-    line("fb-host2", "model_store : Download the model", "changed", 141.0, 150.0, "get_url"),
-    line("fb-host1", "model_store : Download the tokenizer", "ok", 151.0, 152.0, "get_url"),
-    line("fb-host1", "node_metrics : Install the exporter", "changed", 160.0, 163.0, "apt"),
+    line("fb-host2", BUILD, "skipped", 0.0, 0.0),
+    line("fb-host2", "inference_engine : Download the published build", "changed", 132.0, 133.0),
+    line("fb-host2", "inference_engine : Unpack the published build", "changed", 133.0, 135.5),
+    line("fb-host1", "model_store : Download the model", "changed", 140.0, 149.0),
+    line("fb-host2", "model_store : Download the model", "changed", 141.0, 150.0),
+    line("fb-host1", "model_store : Download the tokenizer", "ok", 151.0, 152.0),
+    line("fb-host1", "node_metrics : Install the exporter", "changed", 160.0, 163.0),
 ]
 
 

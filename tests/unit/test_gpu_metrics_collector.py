@@ -125,20 +125,39 @@ def test_query_asks_nvidia_smi_for_the_documented_fields() -> None:
     ]
 
 
-def test_parse_rtx_3060_capture_through_the_double() -> None:
-    done = answer(CAPTURES / "rtx-3060.csv")
-    assert done.returncode == 0, done.stdout
-    (gpu,) = m.parse_query_csv(done.stdout)
-    assert gpu.index == "0"
-    assert gpu.uuid == "GPU-3c0f6a1e-52d4-4b7e-9a10-6f2d8e4b7a31"
-    assert gpu.name == "NVIDIA GeForce RTX 3060"
-    assert gpu.values == {
-        "utilization.gpu": 7,
-        "memory.used": 612,
-        "memory.free": 11406,
-        "temperature.gpu": 41,
-        "power.draw": 18.52,
-    }
+def gpu(index: str, uuid: str, name: str, values: tuple[float, ...]) -> m.Gpu:
+    """A GPU with a value for each of the query's value fields, in the query's order (the
+    order of DCGM_NAMES)."""
+    return m.Gpu(index, uuid, name, dict(zip(DCGM_NAMES.values(), values, strict=True)))
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        pytest.param(
+            CAPTURES / "rtx-3060.csv",
+            gpu(
+                "0",
+                "GPU-3c0f6a1e-52d4-4b7e-9a10-6f2d8e4b7a31",
+                "NVIDIA GeForce RTX 3060",
+                (7, 612, 11406, 41, 18.52),
+            ),
+            id="rtx-3060 capture through the double",
+        ),
+        pytest.param(
+            "3, GPU-c, NVIDIA A100, PCIe, 40GB, 5, 10, 20, 30, 40.5\n",
+            gpu("3", "GPU-c", "NVIDIA A100, PCIe, 40GB", (5, 10, 20, 30, 40.5)),
+            id="a name with a comma keeps its columns",
+        ),
+    ],
+)
+def test_parse_one_gpu(source: Path | str, expected: m.Gpu) -> None:
+    """From a capture the double replays (a path), or from nvidia-smi's answer as given."""
+    if isinstance(source, Path):
+        done = answer(source)
+        assert done.returncode == 0, done.stdout
+        source = done.stdout
+    assert m.parse_query_csv(source) == [expected]
 
 
 def test_parse_two_gpus_in_order() -> None:
@@ -207,19 +226,6 @@ def test_a_metric_no_gpu_has_gets_no_help_or_type() -> None:
     text = m.render(m.parse_query_csv("0, GPU-a, X, [N/A], 1, 2, 3, 4\n"), True, 1.0)
     assert "DCGM_FI_DEV_GPU_UTIL" not in text
     assert "# TYPE DCGM_FI_DEV_FB_USED gauge" in text
-
-
-def test_a_name_with_a_comma_keeps_its_columns() -> None:
-    (gpu,) = m.parse_query_csv("3, GPU-c, NVIDIA A100, PCIe, 40GB, 5, 10, 20, 30, 40.5\n")
-    assert gpu.index == "3"
-    assert gpu.name == "NVIDIA A100, PCIe, 40GB"
-    assert gpu.values == {
-        "utilization.gpu": 5,
-        "memory.used": 10,
-        "memory.free": 20,
-        "temperature.gpu": 30,
-        "power.draw": 40.5,
-    }
 
 
 @pytest.mark.parametrize(

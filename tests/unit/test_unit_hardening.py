@@ -43,7 +43,6 @@ PACKAGES = {
 class Case:
     """A unit as a host gets it: the packaged unit (if any) and the role's files for it."""
 
-    id: str
     unit: str
     role: str
     # Paths under roles/<role>/: templates/<target>.j2 or files/<unit>.
@@ -59,35 +58,35 @@ def dropin(unit: str, name: str = "llmfleet-hardening.conf") -> str:
     return f"templates/{UNIT_DIR}/{unit}.d/{name}.j2"
 
 
-CASES = [
-    Case("node-exporter", "prometheus-node-exporter.service", "node_metrics",
-         (dropin("prometheus-node-exporter.service"),)),
-    Case("mtail", "mtail.service", "node_metrics",
-         (dropin("mtail.service", "llmfleet.conf"), dropin("mtail.service"))),
-    Case("mtail-on-all-addresses", "mtail.service", "node_metrics",
-         (dropin("mtail.service", "llmfleet.conf"), dropin("mtail.service")),
-         {"node_metrics_mtail_listen_address": "0.0.0.0"}),
-    Case("gpu-metrics", "llmfleet-gpu-metrics.service", "node_metrics",
-         ("files/llmfleet-gpu-metrics.service",)),
-    Case("dcgm-exporter", "llmfleet-dcgm-exporter.service", "node_metrics",
-         (f"templates/{UNIT_DIR}/llmfleet-dcgm-exporter.service.j2",)),
-    Case("prometheus", "prometheus.service", "monitoring", (dropin("prometheus.service"),)),
-    Case("alertmanager", "prometheus-alertmanager.service", "monitoring",
-         (dropin("prometheus-alertmanager.service"),)),
-    Case("rollback-receiver", "llmfleet-rollback-receiver.service", "rollback_receiver",
-         (f"templates/{UNIT_DIR}/llmfleet-rollback-receiver.service.j2",)),
-    Case("caddy", "caddy.service", "front_door", (dropin("caddy.service", "llmfleet.conf"),)),
-    Case("nginx", "nginx.service", "offline_mirror", (dropin("nginx.service"),)),
-    Case("nginx-tls", "nginx.service", "offline_mirror", (dropin("nginx.service"),),
-         {"offline_mirror_tls_enabled": True}),
-    Case("engine-cpu", "llmfleet-engine@blue.service", "inference_service",
-         (f"templates/{UNIT_DIR}/llmfleet-engine@.service.j2",),
-         {"__inference_service_on_gpu": False}),
-    Case("engine-gpu", "llmfleet-engine@blue.service", "inference_service",
-         (f"templates/{UNIT_DIR}/llmfleet-engine@.service.j2",),
-         {"__inference_service_on_gpu": True}),
-]  # fmt: skip
-CASE = {case.id: case for case in CASES}
+#: The cases by their id (the test ids).
+CASES = {
+    "node-exporter": Case("prometheus-node-exporter.service", "node_metrics",
+        (dropin("prometheus-node-exporter.service"),)),
+    "mtail": Case("mtail.service", "node_metrics",
+        (dropin("mtail.service", "llmfleet.conf"), dropin("mtail.service"))),
+    "mtail-on-all-addresses": Case("mtail.service", "node_metrics",
+        (dropin("mtail.service", "llmfleet.conf"), dropin("mtail.service")),
+        {"node_metrics_mtail_listen_address": "0.0.0.0"}),
+    "gpu-metrics": Case("llmfleet-gpu-metrics.service", "node_metrics",
+        ("files/llmfleet-gpu-metrics.service",)),
+    "dcgm-exporter": Case("llmfleet-dcgm-exporter.service", "node_metrics",
+        (f"templates/{UNIT_DIR}/llmfleet-dcgm-exporter.service.j2",)),
+    "prometheus": Case("prometheus.service", "monitoring", (dropin("prometheus.service"),)),
+    "alertmanager": Case("prometheus-alertmanager.service", "monitoring",
+        (dropin("prometheus-alertmanager.service"),)),
+    "rollback-receiver": Case("llmfleet-rollback-receiver.service", "rollback_receiver",
+        (f"templates/{UNIT_DIR}/llmfleet-rollback-receiver.service.j2",)),
+    "caddy": Case("caddy.service", "front_door", (dropin("caddy.service", "llmfleet.conf"),)),
+    "nginx": Case("nginx.service", "offline_mirror", (dropin("nginx.service"),)),
+    "nginx-tls": Case("nginx.service", "offline_mirror", (dropin("nginx.service"),),
+        {"offline_mirror_tls_enabled": True}),
+    "engine-cpu": Case("llmfleet-engine@blue.service", "inference_service",
+        (f"templates/{UNIT_DIR}/llmfleet-engine@.service.j2",),
+        {"__inference_service_on_gpu": False}),
+    "engine-gpu": Case("llmfleet-engine@blue.service", "inference_service",
+        (f"templates/{UNIT_DIR}/llmfleet-engine@.service.j2",),
+        {"__inference_service_on_gpu": True}),
+}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- rendering
@@ -141,7 +140,7 @@ def settings(text: str) -> dict[str, list[str]]:
 
 def rendered(case_id: str) -> dict[str, list[str]]:
     """The settings the role's files for a case add, all files together."""
-    case = CASE[case_id]
+    case = CASES[case_id]
     return settings("\n".join(render(case.role, s, **case.variables) for s in case.sources))
 
 
@@ -223,10 +222,11 @@ def build_root(root: Path, case: Case, packaged: Path | None, with_role_files: b
     return root
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
-def test_unit_scores_at_most_2(case: Case, tmp_path: Path, packaged_unit) -> None:
+@pytest.mark.parametrize("case_id", CASES)
+def test_unit_scores_at_most_2(case_id: str, tmp_path: Path, packaged_unit) -> None:
     if not ANALYZE:
         pytest.skip("systemd-analyze is not installed")
+    case = CASES[case_id]
     packaged = packaged_unit(case.packaged) if case.packaged else None
     score = exposure(build_root(tmp_path / "with", case, packaged), case.unit)
     if packaged is None:
@@ -268,11 +268,11 @@ def test_the_cpu_engine_has_no_devices_and_no_writable_code() -> None:
     assert "DeviceAllow" not in unit
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
-def test_no_unit_hides_proc_inside_its_own_user_namespace(case: Case) -> None:
+@pytest.mark.parametrize("case_id", CASES)
+def test_no_unit_hides_proc_inside_its_own_user_namespace(case_id: str) -> None:
     # systemd 252 cannot mount a hidepid /proc inside PrivateUsers= (seen in the fleet
     # scenario: "Failed to set up user namespacing", status=217/USER, on every start).
-    unit = rendered(case.id)
+    unit = rendered(case_id)
     assert not ("ProtectProc" in unit and unit.get("PrivateUsers", ["no"])[-1] in ("yes", "true"))
 
 
