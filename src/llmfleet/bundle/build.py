@@ -46,7 +46,6 @@ from llmfleet.bundle.manifest import (
     NOT_ARTIFACTS,
     AptSection,
     Artifact,
-    Deb,
     make_manifest,
     read_manifest,
     render_manifest,
@@ -399,7 +398,8 @@ def build_repo(
     where = f"apt repo {repo.name}"
     ctx.say(f"{where}: resolving {' '.join(repo.packages)} in a container of {repo.image}")
     debs = apt_repo.resolve(repo, ctx.cache, ctx.staging, ctx.fetcher, ctx.apt_log)
-    repo_dir = ctx.output / "apt" / repo.name
+    section = AptSection(repo, tuple(debs))
+    repo_dir = ctx.output / section.path
     archives = ctx.cache / "apt" / repo.name / "archives"
     apt_repo.publish_debs(debs, archives, repo_dir, ctx.staging, ctx.hashes, where)
     written = apt_repo.write_index(
@@ -419,7 +419,7 @@ def build_repo(
         Artifact(
             name=f"deb:{repo.name}/{deb.package}",
             kind="deb",
-            path=f"apt/{repo.name}/{deb.pool_name}",
+            path=section.deb_path(deb),
             sha256=deb.sha256,
             size=(repo_dir / deb.pool_name).stat().st_size,
             source=apt_repo.raw_url(deb.url, repo.sources),
@@ -432,7 +432,7 @@ def build_repo(
             Artifact(
                 name=f"apt-index:{repo.name}/{name}",
                 kind="apt-index",
-                path=f"apt/{repo.name}/{name}",
+                path=f"{section.path}/{name}",
                 sha256=ctx.hashes.sha256(path),
                 size=path.stat().st_size,
                 source="generated: apt-ftparchive"
@@ -440,14 +440,6 @@ def build_repo(
                 else "generated: signed by the bundle key",
             )
         )
-    section = AptSection(
-        name=repo.name,
-        packages=repo.packages,
-        architecture=repo.architecture,
-        debs=tuple(
-            Deb(deb.package, deb.version, f"apt/{repo.name}/{deb.pool_name}") for deb in debs
-        ),
-    )
     return section, artifacts
 
 

@@ -14,9 +14,13 @@ import os
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmfleet_bundle import FORMAT, KEYRING, MANIFEST, SIGNATURE, SUMS, parse_manifest
+
+if TYPE_CHECKING:  # annotations only: this module needs no third-party package (test_packaging)
+    from llmfleet.bundle.apt_repo import DebRef
+    from llmfleet.bundle.spec import AptRepo
 
 #: Files under the bundle that are not artifacts (the manifest itself and the build cache).
 NOT_ARTIFACTS = (MANIFEST, SIGNATURE, SUMS)
@@ -53,27 +57,34 @@ class Artifact:
 
 
 @dataclass(frozen=True)
-class Deb:
-    package: str
-    version: str
-    path: str
-
-
-@dataclass(frozen=True)
 class AptSection:
-    """The manifest's record of one apt repository."""
+    """The manifest's record of one apt repository: the spec's entry and the debs it resolved
+    to, each at `apt/<repo>/<pool name>`."""
 
-    name: str
-    packages: tuple[str, ...]
-    architecture: str
-    debs: tuple[Deb, ...]
+    repo: AptRepo
+    debs: tuple[DebRef, ...]
+
+    @property
+    def name(self) -> str:
+        return self.repo.name
+
+    @property
+    def path(self) -> str:
+        return f"apt/{self.name}"
+
+    def deb_path(self, deb: DebRef) -> str:
+        return f"{self.path}/{deb.pool_name}"
 
     def to_dict(self) -> dict[str, Any]:
+        debs = sorted(self.debs, key=self.deb_path)
         return {
-            "path": f"apt/{self.name}",
-            "packages": list(self.packages),
-            "architecture": self.architecture,
-            "debs": [asdict(d) for d in sorted(self.debs, key=lambda d: d.path)],
+            "path": self.path,
+            "packages": list(self.repo.packages),
+            "architecture": self.repo.architecture,
+            "debs": [
+                {"package": deb.package, "version": deb.version, "path": self.deb_path(deb)}
+                for deb in debs
+            ],
         }
 
 

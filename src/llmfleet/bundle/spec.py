@@ -136,22 +136,20 @@ SHA256_RE = r"^\s*[0-9A-Fa-f]{64}\s*$"
 FINGERPRINT_RE = r"^\s*(?:[0-9A-Fa-f]\s*){40}$"
 PACKAGE_RE = r"^\s*[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+~:-]+|/[A-Za-z0-9.-]+)?\s*$"
 TAG_RE = r"^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?$"
-#: A project name as PEP 508 allows it, and an exact version (no operator, no wildcard).
-PYPI_NAME_RE = r"^([A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9._-]*[A-Za-z0-9])$"
-PYPI_VERSION_RE = r"^[A-Za-z0-9][A-Za-z0-9.!+_-]*$"
 VAR_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
 #: A wheel set's Python ("3.11", a string) and a wheel platform tag (manylinux2014_x86_64).
 PYTHON_RE = r"^3\.[0-9]{1,2}$"
 PLATFORM_RE = r"^[a-z0-9][a-z0-9_.]*$"
+#: A project name as PEP 508 allows it (one group: a pin's and a constraint's group 1), and an
+#: exact version (no operator, no wildcard): written once, read by the three patterns below.
+PYPI_NAME = r"([A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9._-]*[A-Za-z0-9])"
+PYPI_VERSION = r"[A-Za-z0-9][A-Za-z0-9.!+_-]*"
+PYPI_NAME_RE = rf"^{PYPI_NAME}$"
+PYPI_VERSION_RE = rf"^{PYPI_VERSION}$"
 #: One exact pin: name==version, or name[extra,...]==version (PEP 508 without markers).
-PIN_RE = (
-    r"^\s*([A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9._-]*[A-Za-z0-9])\s*(\[[A-Za-z0-9._,\s-]*\])?"
-    r"\s*==\s*[A-Za-z0-9][A-Za-z0-9.!+_-]*\s*$"
-)
+PIN_RE = rf"^\s*{PYPI_NAME}\s*(\[[A-Za-z0-9._,\s-]*\])?\s*==\s*{PYPI_VERSION}\s*$"
 #: One line of a constraints file: an exact pin without extras (pip refuses extras there).
-CONSTRAINT_RE = re.compile(
-    r"^([A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9._-]*[A-Za-z0-9])\s*==\s*([A-Za-z0-9][A-Za-z0-9.!+_-]*)$"
-)
+CONSTRAINT_RE = re.compile(rf"^{PYPI_NAME}\s*==\s*({PYPI_VERSION})$")
 VAR_RE = re.compile(r"\$\{([^}]*)\}")
 
 # --- the schema --------------------------------------------------------------------------
