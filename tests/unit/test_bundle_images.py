@@ -77,11 +77,11 @@ def test_bad_image_entries_are_named(tmp_path: Path, changes: dict, fragment: st
 
 def test_the_digest_follows_every_input(tmp_path: Path) -> None:
     image = parsed(tmp_path)
-    first = inputs_digest(image, {"src": "a" * 64})
-    assert inputs_digest(image, {"src": "a" * 64}) == first
-    assert inputs_digest(image, {"src": "b" * 64}) != first
+    first = inputs_digest(image, {"src": "a" * 64}, tmp_path / "ctx")
+    assert inputs_digest(image, {"src": "a" * 64}, tmp_path / "ctx") == first
+    assert inputs_digest(image, {"src": "b" * 64}, tmp_path / "ctx") != first
     (tmp_path / "ctx" / "Dockerfile").write_text("FROM scratch\nUSER 1\n")
-    assert inputs_digest(image, {"src": "a" * 64}) != first
+    assert inputs_digest(image, {"src": "a" * 64}, tmp_path / "ctx") != first
 
 
 def bundle_folders(tmp_path: Path) -> tuple[Path, Path, dict[str, Artifact]]:

@@ -34,17 +34,11 @@ class ImageError(Exception):
     """An image could not be built or saved; the message names the image."""
 
 
-def inputs_digest(
-    entry: ImageEntry, file_sha256: Mapping[str, str], context: Path | None = None
-) -> str:
+def inputs_digest(entry: ImageEntry, file_sha256: Mapping[str, str], context: Path) -> str:
     """sha256 over everything that decides the image: context files, args, tag, bundle files.
 
-    `context` is the build context before the bundle files go in (default: the entry's
-    committed folder; for an execution environment, the folder `write_context` wrote).
+    `context` is the build context `write_context` wrote, before the bundle files go in.
     """
-    context = context if context is not None else entry.context
-    if context is None:
-        raise ValueError(f"image {entry.name}: the digest needs the context ansible-builder wrote")
     digest = hashlib.sha256()
 
     def add(*parts: str) -> None:
